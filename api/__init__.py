@@ -1,0 +1,22 @@
+"""Flask application factory: ``create_app(settings)``. Nothing connects at import time."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from api import errors, health, jobs, models
+from api.services import Services
+from jobs.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    Services.init_app(app, settings)
+    errors.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(models.bp)
+    return app

@@ -1,0 +1,53 @@
+"""Every error leaves as ``application/problem+json`` (RFC 9457); mapped here and only here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+from jobs.errors import DQError
+
+log = logging.getLogger(__name__)
+PROBLEM_BASE = "https://diffusion-queue.dev/problems/"
+
+
+def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> Response:
+    body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail, **extra}
+    return Response(json.dumps(body), status=status, mimetype="application/problem+json")
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(DQError)
+    def _domain(exc: DQError) -> Response:
+        extra: dict[str, Any] = {}
+        if exc.errors:
+            extra["errors"] = [e.as_dict() for e in exc.errors]
+        response = problem(exc.status, exc.title, exc.detail, exc.slug, **extra)
+        if exc.status == 503:
+            response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError) -> Response:
+        log.warning("redis unavailable: %s", exc)
+        response = problem(503, "Service unavailable", "the job store is unreachable; retry shortly", "unavailable")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        slug = {413: "too-large", 404: "not-found", 405: "method-not-allowed", 415: "unsupported-media-type"}
+        response = problem(status, exc.name, exc.description or exc.name, slug.get(status, "http-error"))
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return problem(500, "Internal error", "an unexpected error occurred; it has been logged", "internal")

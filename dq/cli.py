@@ -1,0 +1,214 @@
+"""``dq``: run the local stack, the workers, and talk to the API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from dq.client import ApiError, Client, print_json
+from jobs.settings import Settings
+
+SEED_PROMPT = (
+    "a pig with wings flying in floating US dollar banknotes in the air, skyscrapers behind, "
+    "warm color palette, muted colors, detailed, 8k"
+)
+DEFAULT_API = "http://127.0.0.1:8000"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.func(args)
+        return result
+    except ApiError as exc:
+        print(f"dq: {exc}", file=sys.stderr)
+        if isinstance(exc.body, dict) and exc.body.get("errors"):
+            for err in exc.body["errors"]:
+                print(f"  {err['field']}: {err['message']}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dq", description="diffusion-queue: async text-to-image jobs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run Redis, S3, the API and a worker on 127.0.0.1 until Ctrl-C")
+    up.add_argument("--api-port", type=int, default=8000)
+    up.add_argument("--workers", type=int, default=1)
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="start the local stack, run one job, save the image, stop")
+    demo.add_argument("prompt", nargs="?", default=SEED_PROMPT)
+    demo.add_argument("-o", "--output", default="demo-output.png")
+    demo.add_argument("--steps", type=int, default=20)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.set_defaults(func=cmd_demo)
+
+    proc = sub.add_parser("worker-process", help="one worker process (what the launcher spawns)")
+    proc.add_argument("--model", default=None)
+    proc.add_argument("--cores", default="", help="the core range this process sees, for its name")
+    proc.set_defaults(func=cmd_worker_process)
+
+    comp = sub.add_parser("compile", help="compile a model into compiled/<name>/ (or build the tiny one)")
+    comp.add_argument("--tiny", action="store_true", help="build the embedded tiny model")
+    comp.add_argument("--name", default="tiny-sd")
+    comp.add_argument("--static", action="store_true", help="tiny: declare a static (Neuron-style) shape")
+    comp.add_argument("--height", type=int, default=64)
+    comp.add_argument("--width", type=int, default=64)
+    comp.add_argument("--batch-size", type=int, default=1)
+    comp.add_argument("--num-images-per-prompt", type=int, default=1)
+    comp.add_argument("--force", action="store_true")
+    comp.set_defaults(func=cmd_compile)
+
+    submit = sub.add_parser("submit", help="submit a job")
+    submit.add_argument("prompt")
+    submit.add_argument("--model")
+    submit.add_argument("--steps", type=int)
+    submit.add_argument("--seed", type=int)
+    submit.add_argument("--width", type=int)
+    submit.add_argument("--height", type=int)
+    submit.add_argument("--num-images", type=int)
+    submit.add_argument("--guidance-scale", type=float)
+    submit.add_argument("--format", choices=["png", "jpeg", "webp"])
+    submit.add_argument("--wait", action="store_true")
+    submit.add_argument("-o", "--output", help="with --wait: save the first image here")
+    _api_arg(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="show a job")
+    status.add_argument("job_id")
+    _api_arg(status)
+    status.set_defaults(func=cmd_status)
+
+    models = sub.add_parser("models", help="list models, their shapes and workers")
+    _api_arg(models)
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def _api_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api", default=os.environ.get("DQ_API_URL", DEFAULT_API), help="API base URL")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from dq.stack import LocalStack, sleep_forever
+
+    settings = Settings.from_env()
+    _ensure_default_model(settings)
+    with LocalStack(settings, api_port=args.api_port, workers=args.workers) as stack:
+        stack.wait_ready()
+        print(f"dq: ready — API on {stack.api_url}  (Ctrl-C stops everything)", file=sys.stderr)
+        try:
+            sleep_forever(stack)
+        except KeyboardInterrupt:
+            print("\ndq: stopping…", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dq.stack import LocalStack
+
+    settings = Settings.from_env()
+    _ensure_default_model(settings)
+    log_path = Path(".dq-demo.log")
+    with log_path.open("w") as log_sink, LocalStack(settings, sink=log_sink) as stack:
+        print(f"dq demo: stack up (logs in {log_path}); waiting for the worker to warm up…", file=sys.stderr)
+        stack.wait_ready()
+        client = Client(stack.api_url)
+        job = client.submit({"prompt": args.prompt, "num_inference_steps": args.steps, "seed": args.seed})
+        print(f"dq demo: submitted job {job['id']}", file=sys.stderr)
+        final = client.wait(job["id"], timeout_s=300, out=sys.stderr)
+        if final["status"] != "succeeded":
+            print_json(final)
+            return 1
+        output = final["outputs"][0]
+        Path(args.output).write_bytes(client.download(output["url"]))
+        print(f"dq demo: image saved to {args.output}", file=sys.stderr)
+        print(f"S3 URL: s3://{output['bucket']}/{output['key']}")
+        print(f"presigned URL: {output['url']}")
+        print_json(final)
+    print("dq demo: stack stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_worker_process(args: argparse.Namespace) -> int:
+    from worker.main import run_worker
+
+    settings = Settings.from_env()
+    run_worker(settings, args.model or settings.default_model, cores=args.cores)
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if not args.tiny:
+        print("dq compile: Neuron compilation needs optimum-neuron (see README, 'Running on inf2')", file=sys.stderr)
+        return 2
+    from worker.pipelines.tiny import StaticShape, build_tiny_model
+
+    out = settings.models_dir / args.name
+    if out.exists() and not args.force:
+        print(f"dq compile: {out} exists (use --force to rebuild)", file=sys.stderr)
+        return 0
+    static = (
+        StaticShape(args.width, args.height, args.batch_size, args.num_images_per_prompt) if args.static else None
+    )
+    build_tiny_model(out, static)
+    print(f"dq compile: built {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = Client(args.api)
+    body: dict[str, Any] = {"prompt": args.prompt}
+    for field, value in (
+        ("model", args.model),
+        ("num_inference_steps", args.steps),
+        ("seed", args.seed),
+        ("width", args.width),
+        ("height", args.height),
+        ("num_images", args.num_images),
+        ("guidance_scale", args.guidance_scale),
+        ("output_format", args.format),
+    ):
+        if value is not None:
+            body[field] = value
+    job = client.submit(body)
+    if not args.wait:
+        print_json(job)
+        return 0
+    final = client.wait(job["id"], out=sys.stderr)
+    if args.output and final["status"] == "succeeded":
+        Path(args.output).write_bytes(client.download(final["outputs"][0]["url"]))
+        print(f"saved {args.output}", file=sys.stderr)
+    print_json(final)
+    return 0 if final["status"] == "succeeded" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print_json(Client(args.api).get(args.job_id))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    print_json(Client(args.api).models())
+    return 0
+
+
+def _ensure_default_model(settings: Settings) -> None:
+    from worker.pipelines.tiny import ensure_tiny_model
+
+    if settings.default_model == "tiny-sd":
+        ensure_tiny_model(settings.models_dir / "tiny-sd")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

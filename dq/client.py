@@ -1,0 +1,89 @@
+"""A small HTTP client for the API: submit, poll with a progress bar, download outputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+import urllib3
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, body: Any) -> None:
+        detail = body.get("detail") if isinstance(body, dict) else body
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.body = body
+
+
+class Client:
+    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = urllib3.PoolManager(timeout=urllib3.Timeout(total=timeout_s), retries=False)
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        reply = self.http.request(method, self.base_url + path, body=data, headers=hdrs)
+        try:
+            payload = json.loads(reply.data) if reply.data else None
+        except ValueError:
+            payload = reply.data.decode(errors="replace")
+        return reply.status, payload
+
+    def _ok(self, status: int, payload: Any) -> Any:
+        if status >= 400:
+            raise ApiError(status, payload)
+        return payload
+
+    def submit(self, job: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._ok(*self.request("POST", "/v1/jobs", job, headers))  # type: ignore[no-any-return]
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self._ok(*self.request("GET", f"/v1/jobs/{job_id}"))  # type: ignore[no-any-return]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._ok(*self.request("POST", f"/v1/jobs/{job_id}/cancel"))  # type: ignore[no-any-return]
+
+    def models(self) -> dict[str, Any]:
+        return self._ok(*self.request("GET", "/v1/models"))  # type: ignore[no-any-return]
+
+    def wait(self, job_id: str, timeout_s: float = 600, out: IO[str] | None = None, poll_s: float = 0.1) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.get(job_id)
+            if out is not None:
+                out.write("\r" + progress_line(job))
+                out.flush()
+            if job["status"] in TERMINAL:
+                if out is not None:
+                    out.write("\n")
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
+            time.sleep(poll_s)
+
+    def download(self, url: str) -> bytes:
+        reply = self.http.request("GET", url)
+        if reply.status != 200:
+            raise ApiError(reply.status, reply.data[:200].decode(errors="replace"))
+        return bytes(reply.data)
+
+
+def progress_line(job: dict[str, Any], width: int = 30) -> str:
+    step, total = job["progress"]["step"], job["progress"]["total"] or 1
+    if job["status"] == "succeeded":
+        step = total
+    filled = int(width * min(step, total) / total)
+    bar = "#" * filled + "-" * (width - filled)
+    where = f" (queue position {job['queue_position']})" if job.get("queue_position") is not None else ""
+    return f"[{bar}] {step:>3}/{total:<3} {job['status']:<9}{where}   "
+
+
+def print_json(data: Any, out: IO[str] = sys.stdout) -> None:
+    out.write(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,173 @@
+"""The local stack behind ``dq up`` / ``dq demo``: Redis, S3, the API under gunicorn and
+workers, all on 127.0.0.1, each with its log prefixed; stopping it stops all it started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import urllib3
+
+from dq.services import (
+    Service,
+    child_env,
+    create_bucket,
+    free_port,
+    s3_env,
+    start_redis,
+    start_seaweedfs,
+    stop_process,
+    wait_until,
+)
+from jobs.settings import Settings
+
+
+class LogPump(threading.Thread):
+    """Copies a child's output to ``sink``, each line prefixed with the component's name."""
+
+    def __init__(self, name: str, stream: IO[bytes], sink: IO[str], lock: threading.Lock) -> None:
+        super().__init__(name=f"log-{name}", daemon=True)
+        self.prefix = f"{name:>8} | "
+        self.stream = stream
+        self.sink = sink
+        self.lock = lock
+
+    def run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip()
+            with self.lock:
+                self.sink.write(self.prefix + line + "\n")
+                self.sink.flush()
+
+
+@dataclass
+class LocalStack:
+    settings: Settings
+    api_port: int = 0
+    workers: int = 1
+    sink: IO[str] = sys.stderr
+    workdir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    _services: list[Service] = field(default_factory=list)
+    _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> "LocalStack":
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="dq-stack-")
+            self.workdir = Path(self._tmp.name)
+        env: dict[str, str] = {"DQ_MODELS_DIR": str(self.settings.models_dir)}
+        # 1. Redis: the configured one, else our own.
+        if "DQ_REDIS_URL" in os.environ:
+            env["DQ_REDIS_URL"] = os.environ["DQ_REDIS_URL"]
+        else:
+            redis_service = start_redis(self.workdir / "redis", stdout=self._pipe_for("redis"))
+            self._adopt(redis_service)
+            env["DQ_REDIS_URL"] = redis_service.url
+        # 2. S3: the configured endpoint, else SeaweedFS with a bucket made for us.
+        if "DQ_S3_ENDPOINT_URL" in os.environ:
+            env["DQ_S3_ENDPOINT_URL"] = os.environ["DQ_S3_ENDPOINT_URL"]
+        else:
+            s3_service = start_seaweedfs(self.workdir / "s3", stdout=self._pipe_for("s3"))
+            self._adopt(s3_service)
+            env.update(s3_env(s3_service, self.settings.s3_bucket))
+            create_bucket(s3_service.url, self.settings.s3_bucket, s3_service.extra["access_key"], s3_service.extra["secret_key"])
+        self.env = {**env, **self.env}
+        # 3. The API under gunicorn.
+        self.api_port = self.api_port or free_port()
+        self.spawn(
+            "api",
+            [
+                sys.executable, "-m", "gunicorn",
+                "--bind", f"127.0.0.1:{self.api_port}",
+                "--workers", "2",
+                "--worker-class", "gthread",
+                "--threads", "4",
+                "--graceful-timeout", "10",
+                "api:create_app()",
+            ],
+        )
+        http = urllib3.PoolManager(retries=False)
+        wait_until(lambda: http.request("GET", self.api_url + "/healthz", timeout=1).status == 200, 30, "api")
+        # 4. Workers (each loads and warms its model before consuming).
+        for index in range(self.workers):
+            self.spawn(f"worker{index}", [sys.executable, "-m", "dq", "worker-process", "--model", self.settings.default_model])
+        return self
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        http = urllib3.PoolManager(retries=False)
+
+        def ready() -> bool:
+            reply = http.request("GET", self.api_url + "/v1/workers", timeout=2)
+            states = [w["state"] for w in reply.json()["data"]]
+            return states.count("ready") + states.count("busy") >= self.workers
+
+        wait_until(ready, timeout_s, "workers")
+
+    def spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            cmd,
+            env=child_env({**self.env, **(extra_env or {})}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        LogPump(name, proc.stdout, self.sink, self._lock).start()
+        self._procs.append((name, proc))
+        return proc
+
+    def check_alive(self) -> list[str]:
+        return [name for name, proc in self._procs if proc.poll() is not None]
+
+    def stop(self) -> None:
+        # Workers first (warm shutdown: the running job finishes), then the API, then services.
+        for name, proc in reversed(self._procs):
+            stop_process(proc, grace_s=30 if name.startswith("worker") else 10)
+        self._procs.clear()
+        for service in reversed(self._services):
+            service.stop()
+        self._services.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _adopt(self, service: Service) -> None:
+        self._services.append(service)
+        stream = service.proc.stdout
+        if stream is not None:
+            LogPump(service.name, stream, self.sink, self._lock).start()
+
+    def _pipe_for(self, name: str) -> int:
+        return subprocess.PIPE
+
+    def __enter__(self) -> "LocalStack":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def sleep_forever(stack: LocalStack) -> None:
+    """Run until Ctrl-C, failing loudly if a component dies."""
+    while True:
+        dead = stack.check_alive()
+        if dead:
+            raise RuntimeError(f"component(s) exited: {', '.join(dead)}")
+        time.sleep(0.5)

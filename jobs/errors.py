@@ -1,0 +1,57 @@
+"""Domain errors. The API maps each to an HTTP problem in exactly one place (api/errors.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class FieldError:
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class DQError(Exception):
+    """Base of every error a client can be told about."""
+
+    status = 400
+    title = "Bad request"
+    slug = "bad-request"
+
+    def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+
+
+class ValidationFailed(DQError):
+    status = 422
+    title = "Validation failed"
+    slug = "validation"
+
+
+class JobNotFound(DQError):
+    status = 404
+    title = "Job not found"
+    slug = "not-found"
+
+
+class IdempotencyConflict(DQError):
+    status = 422
+    title = "Idempotency key reused with a different request"
+    slug = "idempotency-conflict"
+
+
+class InvalidTransition(DQError):
+    status = 409
+    title = "Conflict with the job's state"
+    slug = "conflict"
+
+
+class ServiceUnavailable(DQError):
+    status = 503
+    title = "Service unavailable"
+    slug = "unavailable"

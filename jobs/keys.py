@@ -1,0 +1,52 @@
+"""Every Redis key diffusion-queue uses, built here and nowhere else.
+
+``dq:job:<id>``            hash   the job: the source of truth for its state
+``dq:jobs``                zset   every job id, score = creation sequence (newest = highest)
+``dq:jobs:<status>``       zset   job ids per status, same score (listing with a filter)
+``dq:queue:<model>``       zset   queued job ids per model, same score (queue position)
+``dq:seq``                 string creation sequence counter
+``dq:idem:<sha256>``       string idempotency record ``<job id> <request sha256>``
+``dq:worker:<name>``       hash   a worker's heartbeat (expires when the worker dies)
+``dq:workers``             zset   worker names, score = last heartbeat time
+Celery queue per model: ``gen.<model>`` (a Redis list owned by kombu).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "dq"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    def jobs_by_status(self, status: str) -> str:
+        return f"{self.prefix}:jobs:{status}"
+
+    def queue(self, model: str) -> str:
+        return f"{self.prefix}:queue:{model}"
+
+    def seq(self) -> str:
+        return f"{self.prefix}:seq"
+
+    def idempotency(self, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.prefix}:idem:{digest}"
+
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+
+def celery_queue(model: str) -> str:
+    """The Celery queue a model's jobs travel on; a worker consumes only its model's queue."""
+    return f"gen.{model}"

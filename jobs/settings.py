@@ -1,0 +1,91 @@
+"""The one place configuration is read.
+
+Every entry point (API factory, worker, CLI) calls ``Settings.from_env()`` once and
+passes the result down; nothing reads ``os.environ`` at import time.  Each field maps to
+one ``DQ_*`` variable, documented in the README's configuration table (kept in sync by
+``tests/test_settings.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed configuration; units are in the names."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "dq"
+    models_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "compiled")
+    default_model: str = "tiny-sd"
+    # S3 (credentials come from boto3's standard chain: AWS_ACCESS_KEY_ID, profiles, roles)
+    s3_bucket: str = "diffusion-queue"
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_prefix: str = "outputs"
+    s3_presign_ttl_s: int = 3600
+    s3_upload_attempts: int = 5
+    # Jobs
+    idempotency_ttl_s: int = 86_400
+    job_retention_s: int = 7 * 86_400
+    max_body_bytes: int = 64 * 1024
+    # Worker
+    backend: str = "auto"
+    device: str = "cpu"
+    worker_name: str = ""
+    torch_threads: int = 0
+    lease_s: int = 30
+    heartbeat_s: float = 2.0
+    warmup: bool = True
+    # Webhooks (validated and stored; delivery is its own subsystem)
+    webhook_allowlist: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.name, f.type, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+
+def env_name(field_name: str) -> str:
+    return "DQ_" + field_name.upper()
+
+
+def _coerce(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return _bool(raw)
+        if kind == "Path":
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{env_name(name)}: {exc}") from exc

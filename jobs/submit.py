@@ -1,0 +1,92 @@
+"""Turn a validated request into a job's normalised input: plain functions, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from jobs.capabilities import ModelCatalog, resolve_shape
+from jobs.errors import FieldError, ValidationFailed
+from jobs.models import MAX_SEED, JobRequest
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    model: str
+    input: dict[str, Any]
+    metadata: dict[str, Any] | None
+    webhook: str | None
+    webhook_events_filter: list[str] | None
+    request_hash: str
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_hash(body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_request(body: Any) -> JobRequest:
+    if not isinstance(body, dict):
+        raise ValidationFailed("the request body must be a JSON object", [FieldError("body", "expected an object")])
+    try:
+        return JobRequest.model_validate(body)
+    except ValidationError as exc:
+        errors = [FieldError(_field_name(e["loc"]), _message(e)) for e in exc.errors()]
+        raise ValidationFailed(f"{len(errors)} invalid field(s): " + ", ".join(e.field for e in errors), errors)
+
+
+def prepare_job(body: Any, catalog: ModelCatalog, default_model: str, seed: int | None = None) -> PreparedJob:
+    """Validate ``body`` against the schema and the model's compiled shapes; fill defaults."""
+    request = parse_request(body)
+    model_name = request.model or default_model
+    info = catalog.get(model_name)
+    if info is None:
+        known = ", ".join(sorted(m.name for m in catalog.all())) or "none"
+        raise ValidationFailed(
+            f"unknown model {model_name!r}", [FieldError("model", f"unknown model {model_name!r}; known: {known}")]
+        )
+    shape, errors = resolve_shape(info, request.width, request.height, request.num_images, request.guidance_scale)
+    if shape is None:
+        raise ValidationFailed(f"model {model_name!r} cannot run this request: " + errors[0].message, errors)
+    drawn = request.seed if request.seed is not None else (seed if seed is not None else secrets.randbelow(MAX_SEED + 1))
+    job_input = {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "num_inference_steps": request.num_inference_steps,
+        "guidance_scale": request.guidance_scale,
+        "seed": drawn,
+        "width": shape.width,
+        "height": shape.height,
+        "num_images": shape.num_images,
+        "output_format": request.output_format,
+    }
+    return PreparedJob(
+        model=model_name,
+        input=job_input,
+        metadata=request.metadata,
+        webhook=request.webhook,
+        webhook_events_filter=list(request.webhook_events_filter) if request.webhook_events_filter else None,
+        request_hash=request_hash(body),
+    )
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "missing":
+        return "field required"
+    return str(error["msg"])

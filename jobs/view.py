@@ -1,0 +1,48 @@
+"""The public shape of a job: what ``GET /v1/jobs/<id>`` returns and webhooks carry."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from jobs.models import JobStatus, rfc3339
+from jobs.store import JobRecord
+
+Presigner = Callable[[str, str], str]  # (bucket, key) -> URL
+
+
+def render_job(record: JobRecord, queue_position: int | None, presign: Presigner | None) -> dict[str, Any]:
+    outputs = []
+    for out in record.outputs:
+        item = dict(out)
+        item["url"] = presign(out["bucket"], out["key"]) if presign else None
+        outputs.append(item)
+    return {
+        "id": record.id,
+        "status": record.status.value,
+        "model": record.model,
+        "input": record.input,
+        "created_at": rfc3339(record.created_at),
+        "started_at": rfc3339(record.started_at),
+        "completed_at": rfc3339(record.completed_at),
+        "progress": {"step": record.progress_step, "total": record.progress_total},
+        "queue_position": queue_position if record.status is JobStatus.QUEUED else None,
+        "outputs": outputs,
+        "error": record.error,
+        "metrics": job_metrics(record),
+        "attempts": record.attempts,
+        "worker": record.worker,
+        "metadata": record.metadata,
+        "webhook": record.webhook,
+        "webhook_events_filter": record.webhook_events_filter,
+    }
+
+
+def job_metrics(record: JobRecord) -> dict[str, float | None]:
+    def span(start: float | None, end: float | None) -> float | None:
+        return round(end - start, 4) if start is not None and end is not None else None
+
+    return {
+        "queue_seconds": span(record.created_at, record.started_at),
+        "generation_seconds": round(record.generation_seconds, 4) if record.generation_seconds is not None else None,
+        "total_seconds": span(record.created_at, record.completed_at),
+    }

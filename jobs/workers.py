@@ -1,0 +1,81 @@
+"""Worker heartbeats: each worker process publishes who it is and what it is doing.
+
+A heartbeat is a hash that expires; a worker that stops publishing disappears from
+``GET /v1/workers`` and from the ready/busy counts of ``GET /v1/models``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from jobs.keys import Keys
+
+WORKER_STATES = ("loading", "ready", "busy", "stopping")
+
+
+@dataclass
+class WorkerInfo:
+    name: str
+    host: str
+    pid: int
+    model: str
+    backend: str
+    cores: str
+    state: str
+    current_job: str = ""
+    last_pipeline_seconds: float | None = None
+    started_at: float = 0.0
+    jobs_done: int = 0
+    heartbeat_at: float = 0.0
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class WorkerRegistry:
+    def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
+        self.redis = client
+        self.keys = keys or Keys()
+
+    def publish(self, info: WorkerInfo, ttl_s: float) -> None:
+        info.heartbeat_at = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.worker(info.name), json.dumps(asdict(info)), px=int(ttl_s * 1000))
+        pipe.zadd(self.keys.workers(), {info.name: info.heartbeat_at})
+        pipe.execute()
+
+    def remove(self, name: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.keys.worker(name))
+        pipe.zrem(self.keys.workers(), name)
+        pipe.execute()
+
+    def live(self) -> list[WorkerInfo]:
+        names = [n.decode() if isinstance(n, bytes) else n for n in self.redis.zrange(self.keys.workers(), 0, -1)]
+        if not names:
+            return []
+        raw = self.redis.mget([self.keys.worker(n) for n in names])
+        alive: list[WorkerInfo] = []
+        gone: list[str] = []
+        for name, value in zip(names, raw):
+            if value is None:
+                gone.append(name)
+            else:
+                alive.append(WorkerInfo(**json.loads(value)))
+        if gone:
+            self.redis.zrem(self.keys.workers(), *gone)
+        return alive
+
+
+def count_by_model(workers: list[WorkerInfo]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for w in workers:
+        c = counts.setdefault(w.model, {"ready": 0, "busy": 0, "loading": 0})
+        if w.state in c:
+            c[w.state] += 1
+    return counts

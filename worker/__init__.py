@@ -1,0 +1,1 @@
+"""Celery workers: one process per accelerator group, one warm pipeline per process."""

@@ -1,0 +1,166 @@
+"""One worker process: load the model, warm it up, then consume its model's queue.
+
+Celery runs with the solo pool, so the task (and torch) runs on this process's main
+thread; the model is loaded and warmed BEFORE the consumer connects, so no job is taken
+by a cold worker. A heartbeat thread publishes the worker's state and renews leases.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+import redis
+from celery import Celery, signals
+
+from jobs.capabilities import ModelInfo, read_model
+from jobs.keys import Keys, celery_queue
+from jobs.settings import Settings
+from jobs.storage import S3Storage
+from jobs.store import JobStore
+from jobs.transport import GENERATE_TASK, make_celery
+from jobs.workers import WorkerInfo, WorkerRegistry
+from worker.pipelines import load_backend
+from worker.pipelines.base import Backend, GenerationRequest
+from worker.runner import Finisher, InFlight, Runner, RunnerConfig
+
+log = logging.getLogger("dq.worker")
+
+
+class Heartbeat(threading.Thread):
+    """Publishes this worker's state every ``interval_s`` until stopped."""
+
+    def __init__(self, registry: WorkerRegistry, info: WorkerInfo, interval_s: float) -> None:
+        super().__init__(name="dq-heartbeat", daemon=True)
+        self.registry = registry
+        self.info = info
+        self.interval_s = interval_s
+        self._stop_event = threading.Event()
+
+    def beat(self) -> None:
+        try:
+            self.registry.publish(self.info, ttl_s=max(3 * self.interval_s, 5.0))
+        except redis.RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            self.beat()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def warm_up(backend: Backend, info: ModelInfo) -> float:
+    """One small generation at the model's shape before taking any job."""
+    request = GenerationRequest(
+        prompt="warm-up",
+        negative_prompt=None,
+        num_inference_steps=2,
+        guidance_scale=7.5,
+        seed=0,
+        width=info.default_width,
+        height=info.default_height,
+        num_images=info.num_images[0] if info.static else 1,
+    )
+    started = time.perf_counter()
+    backend.generate(request, lambda step: None)
+    return time.perf_counter() - started
+
+
+def default_worker_name(model: str, cores: str) -> str:
+    label = f"nc{cores}" if cores else f"cpu{os.getpid()}"
+    return f"{label}.{model}@{socket.gethostname()}"
+
+
+def create_worker_app(settings: Settings, runner: Runner) -> Celery:
+    app = make_celery(settings)
+
+    @app.task(name=GENERATE_TASK, ignore_result=True)
+    def generate(job_id: str, model: str) -> None:
+        runner.run(job_id, model)
+
+    return app
+
+
+def run_worker(settings: Settings, model: str, cores: str = "") -> None:
+    """Blocks until the worker is shut down (SIGTERM / SIGINT: warm shutdown)."""
+    name = settings.worker_name or default_worker_name(model, cores)
+    info_path = settings.models_dir / model
+    if model == "tiny-sd" and not (info_path / "model_index.json").exists():
+        from worker.pipelines.tiny import ensure_tiny_model
+
+        ensure_tiny_model(info_path)
+    model_info = read_model(info_path)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+    keys = Keys(settings.key_prefix)
+    registry = WorkerRegistry(client, keys)
+    worker_info = WorkerInfo(
+        name=name,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        model=model,
+        backend=settings.backend,
+        cores=cores,
+        state="loading",
+        started_at=time.time(),
+    )
+    heartbeat = Heartbeat(registry, worker_info, settings.heartbeat_s)
+    heartbeat.beat()
+    heartbeat.start()
+    try:
+        # 1. Load and warm the pipeline before consuming anything.
+        load_started = time.perf_counter()
+        backend = load_backend(settings.backend, model_info, settings)
+        load_s = time.perf_counter() - load_started
+        warm_s = warm_up(backend, model_info) if settings.warmup else 0.0
+        log.info("worker %s: model %s loaded in %.2fs, warmed in %.2fs", name, model, load_s, warm_s)
+        # 2. Wire the runner: generation on this thread, storage on the finisher thread.
+        store = JobStore(client, keys)
+        storage = S3Storage(settings)
+        in_flight = InFlight()
+        finisher = Finisher(store, storage, in_flight)
+        runner = Runner(
+            store,
+            backend,
+            finisher,
+            RunnerConfig(worker_name=name, lease_s=settings.lease_s),
+            worker_info,
+            in_flight,
+        )
+        app = create_worker_app(settings, runner)
+
+        @signals.worker_ready.connect(weak=False)
+        def _ready(**_: object) -> None:
+            worker_info.state = "ready"
+            heartbeat.beat()
+
+        @signals.worker_shutting_down.connect(weak=False)
+        def _stopping(**_: object) -> None:
+            worker_info.state = "stopping"
+            heartbeat.beat()
+
+        # 3. Consume only this model's queue, one message at a time, on this thread.
+        app.worker_main(
+            [
+                "worker",
+                "--pool=solo",
+                "--concurrency=1",
+                f"--queues={celery_queue(model)}",
+                f"--hostname={name}",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel=INFO",
+            ]
+        )
+        finisher.drain()
+    finally:
+        heartbeat.stop()
+        try:
+            registry.remove(name)
+        except redis.RedisError:
+            pass

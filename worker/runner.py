@@ -1,0 +1,201 @@
+"""Runs one job: claim → generate → (off the accelerator's path) encode, upload, commit.
+
+The pipeline runs on the calling thread (the Celery solo pool's main thread: one persistent
+thread for torch). Encoding, the S3 upload and the final state write happen on the
+Finisher thread, so the accelerator starts the next job while the last one is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from jobs.models import output_extension
+from jobs.storage import S3Storage, output_key
+from jobs.store import JobStore
+from jobs.workers import WorkerInfo
+from worker.encode import encode_image
+from worker.pipelines.base import Backend, GenerationRequest, image_seeds
+
+log = logging.getLogger(__name__)
+
+
+class JobCanceled(Exception):
+    """Raised from the step callback when a cancel was requested: stops before the VAE decode."""
+
+
+class LeaseLost(Exception):
+    """Raised from the step callback when this attempt no longer owns the job."""
+
+
+@dataclass
+class Generated:
+    """What generation hands to the finisher: plain data."""
+
+    job_id: str
+    model: str
+    attempt: int
+    input: dict[str, Any]
+    images: list[Image.Image]
+    generation_seconds: float
+
+
+@dataclass
+class RunnerConfig:
+    worker_name: str
+    lease_s: float = 30.0
+    max_attempts: int = 3
+
+
+@dataclass
+class InFlight:
+    """Jobs this process holds a lease on (the heartbeat renews them)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    jobs: dict[str, int] = field(default_factory=dict)
+
+    def add(self, job_id: str, attempt: int) -> None:
+        with self.lock:
+            self.jobs[job_id] = attempt
+
+    def remove(self, job_id: str) -> None:
+        with self.lock:
+            self.jobs.pop(job_id, None)
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.jobs)
+
+
+class Finisher:
+    """One thread that encodes, uploads and commits finished generations, in order."""
+
+    def __init__(self, store: JobStore, storage: S3Storage, in_flight: InFlight, backlog: int = 2) -> None:
+        self.store = store
+        self.storage = storage
+        self.in_flight = in_flight
+        self._queue: queue.Queue[Generated | None] = queue.Queue(maxsize=backlog)
+        self._thread = threading.Thread(target=self._loop, name="dq-finisher", daemon=True)
+        self._thread.start()
+
+    def submit(self, generated: Generated) -> None:
+        self._queue.put(generated)  # blocks when the backlog is full: back-pressure on generation
+
+    def drain(self, timeout_s: float = 120.0) -> None:
+        """Finish everything handed over, then stop the thread (warm shutdown)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.finish(item)
+            except Exception as exc:  # never let one job's failure stop the thread
+                log.exception("job %s: storing outputs failed", item.job_id)
+                self.store.fail(item.job_id, item.attempt, "storage_error", f"{type(exc).__name__}: {exc}")
+            finally:
+                self.in_flight.remove(item.job_id)
+
+    def finish(self, item: Generated) -> None:
+        fmt = item.input["output_format"]
+        seeds = image_seeds(int(item.input["seed"]), len(item.images))
+        outputs = []
+        for index, (image, seed) in enumerate(zip(item.images, seeds)):
+            body = encode_image(image, fmt)
+            key = output_key(self.storage.prefix, item.model, item.job_id, index, fmt)
+            stored = self.storage.put(
+                key, body, fmt, {"job-id": item.job_id, "seed": str(seed), "model": item.model, "index": str(index)}
+            )
+            outputs.append(
+                {
+                    "bucket": stored.bucket,
+                    "key": stored.key,
+                    "content_type": stored.content_type,
+                    "width": image.width,
+                    "height": image.height,
+                    "seed": seed,
+                    "bytes": stored.bytes,
+                    "sha256": stored.sha256,
+                    "format": output_extension(fmt),
+                }
+            )
+        committed = self.store.succeed(item.job_id, item.attempt, outputs, generation_seconds=item.generation_seconds)
+        if not committed:
+            log.warning("job %s attempt %d: outputs not committed (no longer owned)", item.job_id, item.attempt)
+
+
+class Runner:
+    def __init__(
+        self,
+        store: JobStore,
+        backend: Backend,
+        finisher: Finisher,
+        config: RunnerConfig,
+        info: WorkerInfo,
+        in_flight: InFlight,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.finisher = finisher
+        self.config = config
+        self.info = info
+        self.in_flight = in_flight
+
+    def run(self, job_id: str, model: str) -> None:
+        # 1. Claim the job: queued → running (anything else: acknowledge and skip).
+        claim = self.store.start(
+            job_id, model, self.config.worker_name, lease_s=self.config.lease_s, max_attempts=self.config.max_attempts
+        )
+        if not claim.started or claim.input is None:
+            log.info("job %s: skipped (status %s)", job_id, claim.status)
+            return
+        attempt = claim.attempt
+        self.in_flight.add(job_id, attempt)
+        self.info.state, self.info.current_job = "busy", job_id
+        # 2. Generate on this thread, reporting each step.
+        try:
+            images, seconds = self._generate(job_id, attempt, claim.input)
+        except LeaseLost:
+            log.warning("job %s attempt %d: lease lost, abandoning", job_id, attempt)
+            self.in_flight.remove(job_id)
+            return
+        except JobCanceled:
+            self.store.cancel_running(job_id, attempt)
+            self.in_flight.remove(job_id)
+            return
+        except Exception as exc:
+            log.exception("job %s: generation failed", job_id)
+            self.store.fail(job_id, attempt, "generation_error", f"{type(exc).__name__}: {exc}")
+            self.in_flight.remove(job_id)
+            return
+        finally:
+            self.info.state, self.info.current_job = "ready", ""
+        self.info.last_pipeline_seconds = round(seconds, 4)
+        self.info.jobs_done += 1
+        # 3. Hand over: encode, upload and commit happen off this thread.
+        self.finisher.submit(Generated(job_id, model, attempt, claim.input, images, seconds))
+
+    def _generate(self, job_id: str, attempt: int, job_input: dict[str, Any]) -> tuple[list[Image.Image], float]:
+        request = GenerationRequest.from_input(job_input)
+        lease_s = self.config.lease_s
+
+        def on_step(step: int) -> None:
+            answer = self.store.progress(job_id, attempt, step, lease_s=lease_s)
+            if answer == "cancel":
+                raise JobCanceled(job_id)
+            if answer == "lost":
+                raise LeaseLost(job_id)
+
+        started = time.perf_counter()
+        images = self.backend.generate(request, on_step)
+        return images, time.perf_counter() - started
