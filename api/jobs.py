@@ -71,7 +71,7 @@ def list_jobs() -> Response:
     status = _status_arg(request.args.get("status"))
     limit = _int_arg("limit", 20, 1, MAX_LIST_LIMIT)
     cursor = _int_arg("cursor", None, 0, None)
-    page = svc.store.list(status, limit, cursor)
+    page = svc.store.page(status, limit or 20, cursor)
     data = [render_job(r, None, svc.storage.presign) for r in page.jobs]
     return jsonify({"data": data, "next_cursor": page.next_cursor})
 
@@ -120,7 +120,7 @@ def _status_arg(raw: str | None) -> JobStatus | None:
         return JobStatus(raw)
     except ValueError:
         allowed = ", ".join(s.value for s in JobStatus)
-        raise ValidationFailed(f"unknown status {raw!r}", [FieldError("status", f"must be one of {allowed}")])
+        raise ValidationFailed(f"unknown status {raw!r}", [FieldError("status", f"must be one of {allowed}")]) from None
 
 
 def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int | None:
@@ -130,7 +130,7 @@ def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int 
     try:
         value = int(raw)
     except ValueError:
-        raise ValidationFailed(f"{name} must be an integer", [FieldError(name, "must be an integer")])
+        raise ValidationFailed(f"{name} must be an integer", [FieldError(name, "must be an integer")]) from None
     if value < low or (high is not None and value > high):
         bound = f"from {low} to {high}" if high is not None else f"at least {low}"
         raise ValidationFailed(f"{name} out of range", [FieldError(name, f"must be {bound}")])

@@ -28,7 +28,7 @@ class Services:
     storage: S3Storage
 
     @classmethod
-    def init_app(cls, app: Flask, settings: Settings) -> "Services":
+    def init_app(cls, app: Flask, settings: Settings) -> Services:
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
         )

@@ -158,9 +158,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         print(f"dq compile: {out} exists (use --force to rebuild)", file=sys.stderr)
         return 0
-    static = (
-        StaticShape(args.width, args.height, args.batch_size, args.num_images_per_prompt) if args.static else None
-    )
+    static = StaticShape(args.width, args.height, args.batch_size, args.num_images_per_prompt) if args.static else None
     build_tiny_model(out, static)
     print(f"dq compile: built {out}", file=sys.stderr)
     return 0

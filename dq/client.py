@@ -25,7 +25,9 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.http = urllib3.PoolManager(timeout=urllib3.Timeout(total=timeout_s), retries=False)
 
-    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         hdrs = {"Content-Type": "application/json", **(headers or {})}
         reply = self.http.request(method, self.base_url + path, body=data, headers=hdrs)
@@ -53,7 +55,9 @@ class Client:
     def models(self) -> dict[str, Any]:
         return self._ok(*self.request("GET", "/v1/models"))  # type: ignore[no-any-return]
 
-    def wait(self, job_id: str, timeout_s: float = 600, out: IO[str] | None = None, poll_s: float = 0.1) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, timeout_s: float = 600, out: IO[str] | None = None, poll_s: float = 0.1
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.get(job_id)

@@ -15,9 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 DEV_ACCESS_KEY = "dq-dev-access"
 DEV_SECRET_KEY = "dq-dev-secret-key-not-for-production"
@@ -44,7 +45,9 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -101,19 +104,29 @@ class Service:
         stop_process(self.proc, self.grace_s)
 
 
-def start_redis(workdir: Path, port: int | None = None, stdout: IO[bytes] | int | None = None, appendonly: bool = True) -> Service:
+def start_redis(
+    workdir: Path, port: int | None = None, stdout: IO[bytes] | int | None = None, appendonly: bool = True
+) -> Service:
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     cmd = [
         redis_server_binary(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(workdir),
-        "--save", "",
-        "--appendonly", "yes" if appendonly else "no",
-        "--appendfsync", "everysec",
-        "--maxmemory-policy", "noeviction",
-        "--protected-mode", "no",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory-policy",
+        "noeviction",
+        "--protected-mode",
+        "no",
     ]
     proc = subprocess.Popen(cmd, stdout=stdout or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
@@ -160,7 +173,8 @@ def start_seaweedfs(
     if s3_port:
         s3 = s3_port
     cmd = [
-        weed, "server",
+        weed,
+        "server",
         f"-dir={workdir / 'data'}",
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
@@ -186,7 +200,11 @@ def start_seaweedfs(
 
     wait_until(s3_answers, 60, "seaweedfs", proc)
     return Service(
-        "s3", proc, url, workdir, grace_s=3.0,
+        "s3",
+        proc,
+        url,
+        workdir,
+        grace_s=3.0,
         extra={"access_key": access_key, "secret_key": secret_key, "master_port": str(master)},
     )
 

@@ -64,7 +64,7 @@ class LocalStack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="dq-stack-")
             self.workdir = Path(self._tmp.name)
@@ -83,19 +83,28 @@ class LocalStack:
             s3_service = start_seaweedfs(self.workdir / "s3", stdout=self._pipe_for("s3"))
             self._adopt(s3_service)
             env.update(s3_env(s3_service, self.settings.s3_bucket))
-            create_bucket(s3_service.url, self.settings.s3_bucket, s3_service.extra["access_key"], s3_service.extra["secret_key"])
+            create_bucket(
+                s3_service.url, self.settings.s3_bucket, s3_service.extra["access_key"], s3_service.extra["secret_key"]
+            )
         self.env = {**env, **self.env}
         # 3. The API under gunicorn.
         self.api_port = self.api_port or free_port()
         self.spawn(
             "api",
             [
-                sys.executable, "-m", "gunicorn",
-                "--bind", f"127.0.0.1:{self.api_port}",
-                "--workers", "2",
-                "--worker-class", "gthread",
-                "--threads", "4",
-                "--graceful-timeout", "10",
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{self.api_port}",
+                "--workers",
+                "2",
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "4",
+                "--graceful-timeout",
+                "10",
                 "api:create_app()",
             ],
         )
@@ -103,7 +112,9 @@ class LocalStack:
         wait_until(lambda: http.request("GET", self.api_url + "/healthz", timeout=1).status == 200, 30, "api")
         # 4. Workers (each loads and warms its model before consuming).
         for index in range(self.workers):
-            self.spawn(f"worker{index}", [sys.executable, "-m", "dq", "worker-process", "--model", self.settings.default_model])
+            self.spawn(
+                f"worker{index}", [sys.executable, "-m", "dq", "worker-process", "--model", self.settings.default_model]
+            )
         return self
 
     def wait_ready(self, timeout_s: float = 120) -> None:
@@ -153,7 +164,7 @@ class LocalStack:
     def _pipe_for(self, name: str) -> int:
         return subprocess.PIPE
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         try:
             return self.start()
         except BaseException:

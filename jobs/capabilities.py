@@ -112,7 +112,9 @@ def read_model(path: Path) -> ModelInfo:
     vae = _first_config(path, VAE_DIRS) or {}
     blocks = vae.get("block_out_channels") or [0, 0, 0, 0]
     scale = 2 ** (len(blocks) - 1)
-    is_compiled = any(any((path / d).glob("*.neuron")) for d in (*DENOISER_DIRS, *TEXT_ENCODER_DIRS, *VAE_DIRS) if (path / d).is_dir())
+    is_compiled = any(
+        any((path / d).glob("*.neuron")) for d in (*DENOISER_DIRS, *TEXT_ENCODER_DIRS, *VAE_DIRS) if (path / d).is_dir()
+    )
     backend = "neuron" if is_compiled else "diffusers"
     neuron = denoiser.get("neuron") or {}
     name = path.name

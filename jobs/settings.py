@@ -9,9 +9,10 @@ one ``DQ_*`` variable, documented in the README's configuration table (kept in s
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +37,7 @@ class Settings:
     # S3 (credentials come from boto3's standard chain: AWS_ACCESS_KEY_ID, profiles, roles)
     s3_bucket: str = "diffusion-queue"
     s3_endpoint_url: str = ""
+    s3_public_endpoint_url: str = ""  # host clients use in presigned URLs (default: s3_endpoint_url)
     s3_region: str = "us-east-1"
     s3_prefix: str = "outputs"
     s3_presign_ttl_s: int = 3600
@@ -56,7 +58,7 @@ class Settings:
     webhook_allowlist: str = ""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -67,7 +69,7 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 

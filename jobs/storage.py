@@ -42,18 +42,23 @@ class S3Storage:
         self.prefix = settings.s3_prefix
         self.presign_ttl_s = settings.s3_presign_ttl_s
         self.upload_attempts = max(1, settings.s3_upload_attempts)
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 2, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=30,
+            max_pool_connections=16,
+        )
         self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url or None,
-            region_name=settings.s3_region,
-            config=Config(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 2, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=30,
-                max_pool_connections=16,
-            ),
+            "s3", endpoint_url=settings.s3_endpoint_url or None, region_name=settings.s3_region, config=config
+        )
+        public = settings.s3_public_endpoint_url
+        # Presigning is local computation; a second client signs for the address clients reach.
+        self.signer: Any = (
+            boto3.client("s3", endpoint_url=public, region_name=settings.s3_region, config=config)
+            if public and public != settings.s3_endpoint_url
+            else self.client
         )
 
     def ensure_bucket(self) -> None:
@@ -81,7 +86,7 @@ class S3Storage:
         return StoredObject(self.bucket, key, content_type, len(body), hashlib.sha256(body).hexdigest())
 
     def presign(self, bucket: str, key: str) -> str:
-        url: str = self.client.generate_presigned_url(
+        url: str = self.signer.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.presign_ttl_s
         )
         return url

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import redis
 
@@ -56,7 +57,7 @@ attempts = attempts + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'worker', ARGV[1],
   'started_at', ARGV[2], 'lease_until', ARGV[3], 'progress_step', 0)
 redis.call('ZADD', KEYS[3], seq, id)
-return {'running', tostring(attempts), redis.call('HGET', KEYS[1], 'input')}
+return {'started', tostring(attempts), redis.call('HGET', KEYS[1], 'input')}
 """
 
 # KEYS: job; ARGV: attempt, step, lease_until
@@ -108,7 +109,7 @@ class JobRecord:
     cancel_requested: bool = False
 
     @classmethod
-    def from_hash(cls, raw: dict[str, str]) -> "JobRecord":
+    def from_hash(cls, raw: dict[str, str]) -> JobRecord:
         def opt_float(name: str) -> float | None:
             value = raw.get(name)
             return float(value) if value not in (None, "") else None
@@ -150,13 +151,13 @@ class CreateResult:
 
 @dataclass(frozen=True)
 class StartResult:
-    status: str  # 'running' when this call started it; otherwise why it was skipped
+    status: str  # 'started' when this call started it; otherwise the status that made it skip
     attempt: int
     input: dict[str, Any] | None = None
 
     @property
     def started(self) -> bool:
-        return self.status == "running"
+        return self.status == "started"
 
 
 @dataclass(frozen=True)
@@ -235,13 +236,13 @@ class JobStore:
         record = self.get(job_id)
         if record is None or record.status is not JobStatus.QUEUED:
             return record, None
-        rank = self.redis.zrank(self.keys.queue(record.model), job_id)
+        rank: Any = self.redis.zrank(self.keys.queue(record.model), job_id)
         return record, (int(rank) if rank is not None else None)
 
     def queue_depth(self, model: str) -> int:
         return int(self.redis.zcard(self.keys.queue(model)))
 
-    def list(self, status: JobStatus | None = None, limit: int = 20, cursor: int | None = None) -> Page:
+    def page(self, status: JobStatus | None = None, limit: int = 20, cursor: int | None = None) -> Page:
         """Newest first; ``cursor`` is the sequence number of the last job already seen."""
         index = self.keys.jobs_by_status(status.value) if status else self.keys.jobs()
         upper = f"({cursor}" if cursor is not None else "+inf"
@@ -250,7 +251,7 @@ class JobStore:
         for job_id in ids[:limit]:
             pipe.hgetall(self.keys.job(job_id))
         records = []
-        for job_id, raw in zip(ids, pipe.execute()):
+        for job_id, raw in zip(ids, pipe.execute(), strict=False):
             if raw:
                 records.append(JobRecord.from_hash({_text(a): _text(b) for a, b in raw.items()}))
             else:  # expired by retention: drop it from the indexes lazily
@@ -260,9 +261,7 @@ class JobStore:
         return Page(records, next_cursor)
 
     # -- transitions ----------------------------------------------------------------
-    def start(
-        self, job_id: str, model: str, worker: str, *, lease_s: float, max_attempts: int = 3
-    ) -> StartResult:
+    def start(self, job_id: str, model: str, worker: str, *, lease_s: float, max_attempts: int = 3) -> StartResult:
         """queued → running for this worker; anything else is reported, not changed."""
         now = time.time()
         k = self.keys
@@ -284,9 +283,7 @@ class JobStore:
         until = time.time() + lease_s
         return _text(self._progress(keys=[self.keys.job(job_id)], args=[str(attempt), str(step), repr(until)]))
 
-    def succeed(
-        self, job_id: str, attempt: int, outputs: list[dict[str, Any]], *, generation_seconds: float
-    ) -> bool:
+    def succeed(self, job_id: str, attempt: int, outputs: list[dict[str, Any]], *, generation_seconds: float) -> bool:
         return self._finish_as(
             job_id,
             attempt,

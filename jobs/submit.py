@@ -42,7 +42,8 @@ def parse_request(body: Any) -> JobRequest:
         return JobRequest.model_validate(body)
     except ValidationError as exc:
         errors = [FieldError(_field_name(e["loc"]), _message(e)) for e in exc.errors()]
-        raise ValidationFailed(f"{len(errors)} invalid field(s): " + ", ".join(e.field for e in errors), errors)
+        summary = f"{len(errors)} invalid field(s): " + ", ".join(e.field for e in errors)
+        raise ValidationFailed(summary, errors) from None
 
 
 def prepare_job(body: Any, catalog: ModelCatalog, default_model: str, seed: int | None = None) -> PreparedJob:
@@ -58,7 +59,9 @@ def prepare_job(body: Any, catalog: ModelCatalog, default_model: str, seed: int 
     shape, errors = resolve_shape(info, request.width, request.height, request.num_images, request.guidance_scale)
     if shape is None:
         raise ValidationFailed(f"model {model_name!r} cannot run this request: " + errors[0].message, errors)
-    drawn = request.seed if request.seed is not None else (seed if seed is not None else secrets.randbelow(MAX_SEED + 1))
+    drawn = (
+        request.seed if request.seed is not None else (seed if seed is not None else secrets.randbelow(MAX_SEED + 1))
+    )
     job_input = {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,

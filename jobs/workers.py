@@ -56,13 +56,14 @@ class WorkerRegistry:
         pipe.execute()
 
     def live(self) -> list[WorkerInfo]:
-        names = [n.decode() if isinstance(n, bytes) else n for n in self.redis.zrange(self.keys.workers(), 0, -1)]
+        raw_names: Any = self.redis.zrange(self.keys.workers(), 0, -1)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
         if not names:
             return []
         raw = self.redis.mget([self.keys.worker(n) for n in names])
         alive: list[WorkerInfo] = []
         gone: list[str] = []
-        for name, value in zip(names, raw):
+        for name, value in zip(names, raw, strict=False):
             if value is None:
                 gone.append(name)
             else:

@@ -95,7 +95,9 @@ def run_worker(settings: Settings, model: str, cores: str = "") -> None:
 
         ensure_tiny_model(info_path)
     model_info = read_model(info_path)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+    )
     keys = Keys(settings.key_prefix)
     registry = WorkerRegistry(client, keys)
     worker_info = WorkerInfo(

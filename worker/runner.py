@@ -110,7 +110,7 @@ class Finisher:
         fmt = item.input["output_format"]
         seeds = image_seeds(int(item.input["seed"]), len(item.images))
         outputs = []
-        for index, (image, seed) in enumerate(zip(item.images, seeds)):
+        for index, (image, seed) in enumerate(zip(item.images, seeds, strict=False)):
             body = encode_image(image, fmt)
             key = output_key(self.storage.prefix, item.model, item.job_id, index, fmt)
             stored = self.storage.put(

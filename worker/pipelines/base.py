@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -23,7 +24,7 @@ class GenerationRequest:
     num_images: int
 
     @classmethod
-    def from_input(cls, job_input: dict[str, Any]) -> "GenerationRequest":
+    def from_input(cls, job_input: dict[str, Any]) -> GenerationRequest:
         return cls(
             prompt=job_input["prompt"],
             negative_prompt=job_input.get("negative_prompt"),

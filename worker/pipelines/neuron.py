@@ -41,7 +41,9 @@ def neuron_class_name(pipeline_class: str) -> str:
     try:
         return PIPELINE_CLASSES[base]
     except KeyError:
-        raise ValueError(f"no Optimum Neuron pipeline for {pipeline_class!r}; known: {sorted(PIPELINE_CLASSES)}") from None
+        raise ValueError(
+            f"no Optimum Neuron pipeline for {pipeline_class!r}; known: {sorted(PIPELINE_CLASSES)}"
+        ) from None
 
 
 def import_optimum_neuron() -> Any:

@@ -117,7 +117,7 @@ def build_tiny_model(out_dir: Path, static: StaticShape | None = None) -> Path:
             requires_safety_checker=False,
         )
         staged = tmp_path / "model"
-        pipe.save_pretrained(str(staged), safe_serialization=True)
+        pipe.save_pretrained(str(staged), safe_serialization=True)  # type: ignore[attr-defined]
         if static is not None:
             declare_static_shape(staged, static)
         if out_dir.exists():
@@ -148,8 +148,12 @@ def declare_static_shape(model_dir: Path, shape: StaticShape) -> None:
             "static_num_channels": 4,
         },
         "text_encoder": {**common, "static_batch_size": shape.batch_size},
-        "vae": {**common, "static_batch_size": shape.batch_size * shape.num_images_per_prompt,
-                "static_height": latent_h, "static_width": latent_w},
+        "vae": {
+            **common,
+            "static_batch_size": shape.batch_size * shape.num_images_per_prompt,
+            "static_height": latent_h,
+            "static_width": latent_w,
+        },
     }
     for component, section in sections.items():
         config_path = model_dir / component / "config.json"

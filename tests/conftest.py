@@ -1,0 +1,157 @@
+"""Fixtures: a real redis-server and a real SeaweedFS on free ports for the session, the
+tiny models built once, the Flask app from its factory, and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+import redis
+
+from dq.services import Service, create_bucket, s3_env, start_redis, start_seaweedfs, stop_process, wait_until
+from jobs.keys import Keys
+from jobs.settings import Settings
+from jobs.workers import WorkerRegistry
+
+BUCKET = "dq-test"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dq")
+
+
+@pytest.fixture(scope="session")
+def redis_service(session_dir: Path) -> Iterator[Service]:
+    service = start_redis(session_dir / "redis")
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_service(session_dir: Path) -> Iterator[Service]:
+    log = (session_dir / "seaweedfs.log").open("wb")
+    service = start_seaweedfs(session_dir / "s3", stdout=log)
+    create_bucket(service.url, BUCKET, service.extra["access_key"], service.extra["secret_key"])
+    yield service
+    service.stop()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def models_dir(session_dir: Path) -> Path:
+    """tiny-sd (dynamic shapes), tiny-static (Neuron-style static 64x64, 2 images per prompt),
+    tiny-broken (the tiny weights, served by a backend that raises)."""
+    from worker.pipelines.tiny import StaticShape, build_tiny_model, declare_static_shape
+
+    root = session_dir / "models"
+    root.mkdir()
+    shared = REPO_ROOT / "compiled" / "tiny-sd"
+    if (shared / "model_index.json").exists():
+        shutil.copytree(shared, root / "tiny-sd")
+    else:
+        build_tiny_model(root / "tiny-sd")
+    shutil.copytree(root / "tiny-sd", root / "tiny-static")
+    declare_static_shape(root / "tiny-static", StaticShape(64, 64, 1, 2))
+    shutil.copytree(root / "tiny-sd", root / "tiny-broken")
+    return root
+
+
+@pytest.fixture
+def redis_client(redis_service: Service) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_service.url)
+    client.flushdb()  # our own server: safe to flush between tests
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_service: Service, models_dir: Path, redis_client: redis.Redis) -> Settings:
+    return Settings(redis_url=redis_service.url, models_dir=models_dir, s3_bucket=BUCKET, s3_endpoint_url="")
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_service: Service, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    env = s3_env(s3_service, BUCKET)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", env["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", env["AWS_SECRET_ACCESS_KEY"])
+    return settings.with_(s3_endpoint_url=s3_service.url)
+
+
+@pytest.fixture
+def app(s3_settings: Settings):  # type: ignore[no-untyped-def]
+    from api import create_app
+
+    flask_app = create_app(s3_settings)
+    flask_app.testing = True
+    return flask_app
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+WorkerFactory = Callable[..., subprocess.Popen[bytes]]
+
+
+def worker_env(settings: Settings, s3: Service, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(s3_env(s3, BUCKET))
+    env.update(
+        {
+            "DQ_REDIS_URL": settings.redis_url,
+            "DQ_MODELS_DIR": str(settings.models_dir),
+            "DQ_HEARTBEAT_S": "0.5",
+            "DQ_TORCH_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def start_worker(s3_settings: Settings, s3_service: Service, session_dir: Path) -> Iterator[WorkerFactory]:
+    """Start real worker processes (``dq worker-process``); wait until each reports ready."""
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[IO[bytes]] = []
+    registry = WorkerRegistry(redis.Redis.from_url(s3_settings.redis_url), Keys())
+
+    def start(
+        model: str = "tiny-sd", name: str | None = None, wait: bool = True, **env: str
+    ) -> subprocess.Popen[bytes]:
+        name = name or f"w{len(procs)}.{model}"
+        log = (session_dir / f"{name}-{time.monotonic_ns()}.log").open("wb")
+        logs.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dq", "worker-process", "--model", model],
+            env=worker_env(s3_settings, s3_service, DQ_WORKER_NAME=name, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+        procs.append(proc)
+        if wait:
+            wait_until(
+                lambda: any(w.name == name and w.state in ("ready", "busy") for w in registry.live()),
+                120,
+                f"worker {name}",
+                proc,
+            )
+        return proc
+
+    yield start
+    for proc in procs:
+        stop_process(proc, grace_s=20)
+    for log in logs:
+        log.close()

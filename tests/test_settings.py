@@ -1,0 +1,33 @@
+"""One place for configuration: every setting has a DQ_ variable documented in the README."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from jobs.settings import Settings, env_name
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(Settings)])
+def test_every_setting_is_documented(name: str) -> None:
+    assert f"| `{env_name(name)}` |" in README
+
+
+def test_from_env_coerces_types() -> None:
+    s = Settings.from_env(
+        {"DQ_LEASE_S": "12", "DQ_HEARTBEAT_S": "0.5", "DQ_WARMUP": "no", "DQ_MODELS_DIR": "/m", "DQ_S3_BUCKET": "b"}
+    )
+    assert (s.lease_s, s.heartbeat_s, s.warmup, s.models_dir, s.s3_bucket) == (12, 0.5, False, Path("/m"), "b")
+
+
+def test_from_env_names_the_bad_variable() -> None:
+    with pytest.raises(ValueError, match="DQ_LEASE_S"):
+        Settings.from_env({"DQ_LEASE_S": "soon"})
+
+
+def test_unset_variables_keep_defaults() -> None:
+    assert Settings.from_env({}) == Settings()
