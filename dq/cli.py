@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run Redis, S3, the API and a worker on 127.0.0.1 until Ctrl-C")
     up.add_argument("--api-port", type=int, default=8000)
-    up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--workers", type=int, default=1, help="CPU workers; 0 = detect NeuronCores / GPUs")
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="start the local stack, run one job, save the image, stop")
@@ -57,14 +58,29 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--cores", default="", help="the core range this process sees, for its name")
     proc.set_defaults(func=cmd_worker_process)
 
+    launcher = sub.add_parser("worker", help="start one worker per NeuronCore group (or per GPU / CPU worker)")
+    launcher.add_argument("--model", default=None)
+    launcher.add_argument("--cores", type=int, help="NeuronCores to use (default: detected)")
+    launcher.add_argument("--cores-per-worker", type=int, default=2)
+    launcher.add_argument(
+        "--first-core", type=int, default=0, help="first NeuronCore index (several launchers per host)"
+    )
+    launcher.add_argument("--workers", type=int, help="N CPU workers (no accelerator)")
+    launcher.add_argument("--gpus", type=int, help="one worker per GPU, CUDA_VISIBLE_DEVICES=i")
+    launcher.set_defaults(func=cmd_worker)
+
     comp = sub.add_parser("compile", help="compile a model into compiled/<name>/ (or build the tiny one)")
+    comp.add_argument("model", nargs="?", help="hub id or local diffusers directory to export")
     comp.add_argument("--tiny", action="store_true", help="build the embedded tiny model")
-    comp.add_argument("--name", default="tiny-sd")
+    comp.add_argument("--name", help="directory under DQ_MODELS_DIR (default tiny-sd, or from the model)")
     comp.add_argument("--static", action="store_true", help="tiny: declare a static (Neuron-style) shape")
-    comp.add_argument("--height", type=int, default=64)
-    comp.add_argument("--width", type=int, default=64)
+    comp.add_argument("--height", type=int)
+    comp.add_argument("--width", type=int)
     comp.add_argument("--batch-size", type=int, default=1)
     comp.add_argument("--num-images-per-prompt", type=int, default=1)
+    comp.add_argument("--auto-cast", default="matmul", choices=["none", "matmul", "all"])
+    comp.add_argument("--auto-cast-type", default="bf16", choices=["bf16", "fp16", "tf32"])
+    comp.add_argument("--instance-type", choices=["inf2", "trn1", "trn1n", "trn2"])
     comp.add_argument("--force", action="store_true")
     comp.set_defaults(func=cmd_compile)
 
@@ -98,12 +114,23 @@ def _api_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", default=os.environ.get("DQ_API_URL", DEFAULT_API), help="API base URL")
 
 
+def _interrupt_on_signals() -> None:
+    """SIGTERM (and SIGINT, also when a background shell ignored it) stop the stack cleanly."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    _interrupt_on_signals()
     from dq.stack import LocalStack, sleep_forever
 
     settings = Settings.from_env()
     _ensure_default_model(settings)
-    with LocalStack(settings, api_port=args.api_port, workers=args.workers) as stack:
+    with LocalStack(settings, api_port=args.api_port, workers=args.workers or None) as stack:
         stack.wait_ready()
         print(f"dq: ready — API on {stack.api_url}  (Ctrl-C stops everything)", file=sys.stderr)
         try:
@@ -114,6 +141,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _interrupt_on_signals()
     from dq.stack import LocalStack
 
     settings = Settings.from_env()
@@ -147,21 +175,73 @@ def cmd_worker_process(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    if not args.tiny:
-        print("dq compile: Neuron compilation needs optimum-neuron (see README, 'Running on inf2')", file=sys.stderr)
-        return 2
-    from worker.pipelines.tiny import StaticShape, build_tiny_model
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dq.launcher import Launcher, plan_slots
 
-    out = settings.models_dir / args.name
+    settings = Settings.from_env()
+    model = args.model or settings.default_model
+    try:
+        kind, slots = plan_slots(args.cores, args.cores_per_worker, args.workers, args.gpus, first_core=args.first_core)
+    except ValueError as exc:
+        print(f"dq worker: {exc}", file=sys.stderr)
+        return 2
+    names = ", ".join(s.name for s in slots)
+    print(f"dq worker: {len(slots)} {kind} worker(s) for {model}: {names}", file=sys.stderr)
+    return Launcher(model, slots).run()
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from dq.compile import ExportSpec, run_export, valid_name
+
+    settings = Settings.from_env()
+    if args.tiny:
+        return _build_tiny(settings, args)
+    if not args.model:
+        print("dq compile: name a model (hub id or directory) to export, or --tiny", file=sys.stderr)
+        return 2
+    try:
+        spec = ExportSpec(
+            model=args.model,
+            output=settings.models_dir / valid_name(args.name or Path(args.model.rstrip("/")).name),
+            height=args.height or 512,
+            width=args.width or 512,
+            batch_size=args.batch_size,
+            num_images_per_prompt=args.num_images_per_prompt,
+            auto_cast=args.auto_cast,
+            auto_cast_type=args.auto_cast_type,
+            instance_type=args.instance_type,
+        )
+        code = run_export(spec)
+    except ValueError as exc:
+        print(f"dq compile: {exc}", file=sys.stderr)
+        return 2
+    if code == 0:
+        _print_capabilities(spec.output)
+    return code
+
+
+def _build_tiny(settings: Settings, args: argparse.Namespace) -> int:
+    from dq.compile import valid_name
+    from worker.pipelines.tiny import TINY_SIDE, StaticShape, build_tiny_model
+
+    out = settings.models_dir / valid_name(args.name or "tiny-sd")
     if out.exists() and not args.force:
         print(f"dq compile: {out} exists (use --force to rebuild)", file=sys.stderr)
         return 0
-    static = StaticShape(args.width, args.height, args.batch_size, args.num_images_per_prompt) if args.static else None
+    static = None
+    if args.static:
+        width, height = args.width or TINY_SIDE, args.height or TINY_SIDE
+        static = StaticShape(width, height, args.batch_size, args.num_images_per_prompt)
     build_tiny_model(out, static)
     print(f"dq compile: built {out}", file=sys.stderr)
+    _print_capabilities(out)
     return 0
+
+
+def _print_capabilities(path: Path) -> None:
+    from jobs.capabilities import read_model
+
+    print_json(read_model(path).public())
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

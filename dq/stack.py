@@ -51,7 +51,7 @@ class LogPump(threading.Thread):
 class LocalStack:
     settings: Settings
     api_port: int = 0
-    workers: int = 1
+    workers: int | None = 1  # None: let the launcher detect NeuronCores / GPUs
     sink: IO[str] = sys.stderr
     workdir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -110,11 +110,12 @@ class LocalStack:
         )
         http = urllib3.PoolManager(retries=False)
         wait_until(lambda: http.request("GET", self.api_url + "/healthz", timeout=1).status == 200, 30, "api")
-        # 4. Workers (each loads and warms its model before consuming).
-        for index in range(self.workers):
-            self.spawn(
-                f"worker{index}", [sys.executable, "-m", "dq", "worker-process", "--model", self.settings.default_model]
-            )
+        # 4. Workers through the launcher: one process per NeuronCore pair / GPU when it finds
+        #    them, else `workers` CPU processes; each loads and warms its model before consuming.
+        launcher = [sys.executable, "-m", "dq", "worker", "--model", self.settings.default_model]
+        if self.workers:
+            launcher += ["--workers", str(self.workers)]
+        self.spawn("workers", launcher)
         return self
 
     def wait_ready(self, timeout_s: float = 120) -> None:
@@ -123,7 +124,7 @@ class LocalStack:
         def ready() -> bool:
             reply = http.request("GET", self.api_url + "/v1/workers", timeout=2)
             states = [w["state"] for w in reply.json()["data"]]
-            return states.count("ready") + states.count("busy") >= self.workers
+            return states.count("ready") + states.count("busy") >= (self.workers or 1)
 
         wait_until(ready, timeout_s, "workers")
 
@@ -146,7 +147,7 @@ class LocalStack:
     def stop(self) -> None:
         # Workers first (warm shutdown: the running job finishes), then the API, then services.
         for name, proc in reversed(self._procs):
-            stop_process(proc, grace_s=30 if name.startswith("worker") else 10)
+            stop_process(proc, grace_s=60 if name == "workers" else 10)
         self._procs.clear()
         for service in reversed(self._services):
             service.stop()

@@ -119,11 +119,13 @@ def read_model(path: Path) -> ModelInfo:
     neuron = denoiser.get("neuron") or {}
     name = path.name
     if neuron:
+        scale = int(neuron.get("static_vae_scale_factor") or scale)
         width = int(neuron["static_width"]) * scale
         height = int(neuron["static_height"]) * scale
         unet_batch = int(neuron.get("static_batch_size", 1))
         text_batch = int((text_encoder.get("neuron") or {}).get("static_batch_size", 1)) or 1
-        per_prompt = int(neuron.get("static_num_images_per_prompt") or max(unet_batch // text_batch, 1))
+        # optimum-neuron records no num_images_per_prompt: the UNet batch is batch × images.
+        per_prompt = max(unet_batch // text_batch, 1)
         base = pipeline_class.removeprefix("Neuron")
         return ModelInfo(
             name=name,

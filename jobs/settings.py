@@ -54,6 +54,7 @@ class Settings:
     lease_s: int = 30
     heartbeat_s: float = 2.0
     warmup: bool = True
+    emulated_seconds: float = 0.0  # DQ_BACKEND=emulated: seconds each job holds the "core"
     # Webhooks (validated and stored; delivery is its own subsystem)
     webhook_allowlist: str = ""
 

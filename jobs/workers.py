@@ -27,6 +27,7 @@ class WorkerInfo:
     backend: str
     cores: str
     state: str
+    visible_cores: str = ""  # NEURON_RT_VISIBLE_CORES / CUDA_VISIBLE_DEVICES as the process saw it
     current_job: str = ""
     last_pipeline_seconds: float | None = None
     started_at: float = 0.0

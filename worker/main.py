@@ -73,7 +73,7 @@ def warm_up(backend: Backend, info: ModelInfo) -> float:
 
 def default_worker_name(model: str, cores: str) -> str:
     label = f"nc{cores}" if cores else f"cpu{os.getpid()}"
-    return f"{label}.{model}@{socket.gethostname()}"
+    return f"{label}@{socket.gethostname()}"
 
 
 def create_worker_app(settings: Settings, runner: Runner) -> Celery:
@@ -108,6 +108,7 @@ def run_worker(settings: Settings, model: str, cores: str = "") -> None:
         backend=settings.backend,
         cores=cores,
         state="loading",
+        visible_cores=os.environ.get("NEURON_RT_VISIBLE_CORES") or os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         started_at=time.time(),
     )
     heartbeat = Heartbeat(registry, worker_info, settings.heartbeat_s)

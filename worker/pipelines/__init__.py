@@ -2,7 +2,8 @@
 
 ``DQ_BACKEND`` picks one: ``auto`` (neuron for a compiled Neuron artifact, else diffusers),
 ``diffusers``, ``tiny`` (diffusers on the CPU, building the embedded model when missing),
-``neuron``, or ``package.module:factory`` for a custom backend called as
+``neuron``, ``emulated`` (no model: holds the "core" ``DQ_EMULATED_SECONDS``), or
+``package.module:factory`` for a custom backend called as
 ``factory(model_path, settings)``.
 """
 
@@ -29,6 +30,10 @@ def load_backend(spec: str, info: ModelInfo, settings: Settings) -> Backend:
         from worker.pipelines.diffusers_backend import DiffusersBackend
 
         return DiffusersBackend(path, device=settings.device, torch_threads=settings.torch_threads)
+    if spec == "emulated":
+        from worker.pipelines.emulated import EmulatedBackend
+
+        return EmulatedBackend(settings.emulated_seconds)
     if spec == "neuron":
         from worker.pipelines.neuron import NeuronBackend
 

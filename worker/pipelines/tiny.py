@@ -133,7 +133,7 @@ def declare_static_shape(model_dir: Path, shape: StaticShape) -> None:
     """Write the ``neuron`` sections optimum-neuron writes when it compiles these shapes."""
     latent_h, latent_w = shape.height // VAE_SCALE_FACTOR, shape.width // VAE_SCALE_FACTOR
     common: dict[str, Any] = {
-        "compiler_type": "simulated",
+        "compiler_type": "none (simulated static shape)",
         "compiler_version": "none (diffusion-queue tiny model, not compiled)",
         "auto_cast": None,
         "auto_cast_type": None,
@@ -146,6 +146,7 @@ def declare_static_shape(model_dir: Path, shape: StaticShape) -> None:
             "static_height": latent_h,
             "static_width": latent_w,
             "static_num_channels": 4,
+            "static_vae_scale_factor": VAE_SCALE_FACTOR,
         },
         "text_encoder": {**common, "static_batch_size": shape.batch_size},
         "vae": {
