@@ -46,17 +46,18 @@ RUN if [ -n "${TORCH_SPEC}" ]; then \
 #    so that editing the code does not reinstall diffusers/transformers/celery.
 COPY pyproject.toml README.md ./
 RUN set -eu; \
-    for pkg in jobs api worker dq; do mkdir -p "$pkg" && touch "$pkg/__init__.py"; done; \
+    for pkg in jobs api worker dq webhooks; do mkdir -p "$pkg" && touch "$pkg/__init__.py"; done; \
     extra_index=""; \
     if [ -n "${EXTRA_INDEX_URL}" ]; then extra_index="--extra-index-url ${EXTRA_INDEX_URL}"; fi; \
     python3 -m pip install ${extra_index} ".[${EXTRAS}]"; \
-    rm -rf jobs api worker dq build ./*.egg-info
+    rm -rf jobs api worker dq webhooks build ./*.egg-info
 
 # 3. The code itself (no dependency resolution: step 2 did it).
 COPY jobs/ jobs/
 COPY api/ api/
 COPY worker/ worker/
 COPY dq/ dq/
+COPY webhooks/ webhooks/
 RUN python3 -m pip install --no-deps --force-reinstall . \
     && rm -rf build ./*.egg-info \
     && dq --help >/dev/null
@@ -71,6 +72,7 @@ USER dq
 EXPOSE 8000
 
 # No entrypoint (this also clears the one a Neuron DLC base image sets): the command is
-# the whole command line. Default: the API; workers override it with `dq worker ...`.
+# the whole command line. Default: the API; workers override it with `dq worker ...`,
+# webhook delivery with `dq webhooks`.
 ENTRYPOINT []
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--worker-class", "gthread", "--threads", "4", "api:create_app()"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import errors, health, jobs, models
+from api import deliveries, errors, health, jobs, models
 from api.services import Services
 from jobs.settings import Settings
 
@@ -19,4 +19,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)
+    deliveries.init_app(app)
     return app

@@ -9,12 +9,20 @@ from flask import Blueprint, Response, jsonify, request
 from kombu.exceptions import OperationalError
 
 from api.services import services
-from jobs.errors import FieldError, IdempotencyConflict, JobNotFound, ServiceUnavailable, ValidationFailed
+from jobs.errors import (
+    FieldError,
+    IdempotencyConflict,
+    InvalidTransition,
+    JobNotFound,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from jobs.models import JobStatus
 from jobs.store import JobRecord
 from jobs.submit import new_job_id, prepare_job
 from jobs.transport import enqueue
 from jobs.view import render_job
+from webhooks.ssrf import WebhookURLRefused, check_webhook_url
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_IDEMPOTENCY_KEY = 255
@@ -31,7 +39,15 @@ def create_job() -> Response:
             "invalid Idempotency-Key header",
             [FieldError("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")],
         )
-    prepared = prepare_job(body, svc.catalog, svc.settings.default_model)
+    settings = svc.settings
+    prepared = prepare_job(
+        body, svc.catalog, settings.default_model, ttl_s=settings.job_ttl_s, timeout_s=settings.job_timeout_s
+    )
+    if prepared.webhook:
+        try:
+            check_webhook_url(prepared.webhook, settings.webhook_allowlist)
+        except WebhookURLRefused as exc:
+            raise ValidationFailed(f"webhook refused: {exc}", [FieldError("webhook", str(exc))]) from None
     job_id = new_job_id()
     result = svc.store.create(
         job_id,
@@ -57,12 +73,26 @@ def create_job() -> Response:
         # The job hash exists and stays queued; the reconciler re-publishes queued jobs
         # whose message never reached the broker.
         raise ServiceUnavailable(f"the job {job_id} was stored but could not be queued yet: {exc}") from exc
+    svc.store.mark_published(job_id)
     return _job_response(job_id, 202)
 
 
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     return _job_response(job_id, 200)
+
+
+@bp.post("/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    """Queued: canceled at once (200). Running: the worker stops at its next step (202).
+    Already canceled: 200 (idempotent). Succeeded or failed: 409."""
+    record = find_job(job_id)
+    outcome = services().store.cancel(job_id, record.model)
+    if outcome == "missing":
+        raise JobNotFound(f"no job with id {job_id!r}")
+    if outcome in ("succeeded", "failed"):
+        raise InvalidTransition(f"job {job_id} already {outcome}; only queued or running jobs can be canceled")
+    return _job_response(job_id, 202 if outcome == "cancel_requested" else 200)
 
 
 @bp.get("")

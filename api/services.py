@@ -36,7 +36,7 @@ class Services:
         services = cls(
             settings=settings,
             redis=client,
-            store=JobStore(client, keys),
+            store=JobStore(client, keys, retention_s=settings.job_retention_s),
             workers=WorkerRegistry(client, keys),
             catalog=ModelCatalog(settings.models_dir),
             celery=make_celery(settings),

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     launcher.add_argument("--gpus", type=int, help="one worker per GPU, CUDA_VISIBLE_DEVICES=i")
     launcher.set_defaults(func=cmd_worker)
 
+    hooks = sub.add_parser("webhooks", help="deliver webhooks until SIGTERM / Ctrl-C (needs DQ_WEBHOOK_SECRET)")
+    hooks.set_defaults(func=cmd_webhooks)
+
     comp = sub.add_parser("compile", help="compile a model into compiled/<name>/ (or build the tiny one)")
     comp.add_argument("model", nargs="?", help="hub id or local diffusers directory to export")
     comp.add_argument("--tiny", action="store_true", help="build the embedded tiny model")
@@ -126,11 +129,12 @@ def _interrupt_on_signals() -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     _interrupt_on_signals()
-    from dq.stack import LocalStack, sleep_forever
+    from dq.stack import LocalStack, local_webhook_env, sleep_forever
 
     settings = Settings.from_env()
     _ensure_default_model(settings)
-    with LocalStack(settings, api_port=args.api_port, workers=args.workers or None) as stack:
+    env = local_webhook_env(os.environ, Path.cwd(), out=sys.stderr)
+    with LocalStack(settings, api_port=args.api_port, workers=args.workers or None, env=env) as stack:
         stack.wait_ready()
         print(f"dq: ready — API on {stack.api_url}  (Ctrl-C stops everything)", file=sys.stderr)
         try:
@@ -142,12 +146,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _interrupt_on_signals()
-    from dq.stack import LocalStack
+    from dq.stack import LocalStack, local_webhook_env
 
     settings = Settings.from_env()
     _ensure_default_model(settings)
+    env = local_webhook_env(os.environ, Path.cwd(), out=sys.stderr)
     log_path = Path(".dq-demo.log")
-    with log_path.open("w") as log_sink, LocalStack(settings, sink=log_sink) as stack:
+    with log_path.open("w") as log_sink, LocalStack(settings, sink=log_sink, env=env) as stack:
         print(f"dq demo: stack up (logs in {log_path}); waiting for the worker to warm up…", file=sys.stderr)
         stack.wait_ready()
         client = Client(stack.api_url)
@@ -172,6 +177,37 @@ def cmd_worker_process(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     run_worker(settings, args.model or settings.default_model, cores=args.cores)
+    return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """The delivery loop; SIGTERM / SIGINT stop claiming and let attempts in flight finish."""
+    from webhooks.deliver import Deliverer, DeliveryConfig
+
+    settings = Settings.from_env()
+    try:
+        config = DeliveryConfig.from_settings(settings)
+    except ValueError as exc:
+        print(f"dq webhooks: {exc}", file=sys.stderr)
+        return 2
+    deliverer = Deliverer.from_settings(settings, config)
+
+    def stop(signum: int, _frame: object) -> None:
+        deliverer.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    allowed = settings.webhook_allowlist or "nothing private"
+    print(
+        f"dq webhooks: delivering ({config.concurrency} at a time, {config.timeout_s:g} s timeout, "
+        f"{len(config.schedule_s)} attempts per event; allow-list: {allowed})",
+        file=sys.stderr,
+    )
+    try:
+        deliverer.run()
+    finally:
+        deliverer.close()
+    print("dq webhooks: stopped", file=sys.stderr)
     return 0
 
 

@@ -145,7 +145,7 @@ def start_seaweedfs(
     access_key: str = DEV_ACCESS_KEY,
     secret_key: str = DEV_SECRET_KEY,
     stdout: IO[bytes] | int | None = None,
-    s3_port: int | None = None,
+    ports: tuple[int, int, int, int] | None = None,
 ) -> Service:
     """``weed server`` with master, volume, filer and S3 on free ports (each +10000 free for gRPC)."""
     weed = _venv_bin("weed")
@@ -164,14 +164,14 @@ def start_seaweedfs(
     }
     config_path = workdir / "identities.json"
     config_path.write_text(json.dumps(identities))
-    ports: list[int] = []
-    while len(ports) < 4:
-        p = free_port(also_free_plus=10000)
-        if p not in ports and all(abs(p - q) != 10000 for q in ports):
-            ports.append(p)
+    if ports is None:  # (master, volume, filer, s3); pass the same ones to restart in place
+        chosen: list[int] = []
+        while len(chosen) < 4:
+            p = free_port(also_free_plus=10000)
+            if p not in chosen and all(abs(p - q) != 10000 for q in chosen):
+                chosen.append(p)
+        ports = (chosen[0], chosen[1], chosen[2], chosen[3])
     master, volume, filer, s3 = ports
-    if s3_port:
-        s3 = s3_port
     cmd = [
         weed,
         "server",
@@ -205,7 +205,7 @@ def start_seaweedfs(
         url,
         workdir,
         grace_s=3.0,
-        extra={"access_key": access_key, "secret_key": secret_key, "master_port": str(master)},
+        extra={"access_key": access_key, "secret_key": secret_key, "ports": ",".join(map(str, ports))},
     )
 
 

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -27,6 +28,9 @@ from dq.services import (
     wait_until,
 )
 from jobs.settings import Settings
+
+WEBHOOK_SECRET_FILE = ".dq-webhook-secret"
+LOCAL_WEBHOOK_ALLOWLIST = "127.0.0.1,localhost,::1"  # the local stack only; production allows nothing
 
 
 class LogPump(threading.Thread):
@@ -110,7 +114,9 @@ class LocalStack:
         )
         http = urllib3.PoolManager(retries=False)
         wait_until(lambda: http.request("GET", self.api_url + "/healthz", timeout=1).status == 200, 30, "api")
-        # 4. Workers through the launcher: one process per NeuronCore pair / GPU when it finds
+        # 4. Webhook delivery: its own process, never on the generation path.
+        self.spawn("webhooks", [sys.executable, "-m", "dq", "webhooks"])
+        # 5. Workers through the launcher: one process per NeuronCore pair / GPU when it finds
         #    them, else `workers` CPU processes; each loads and warms its model before consuming.
         launcher = [sys.executable, "-m", "dq", "worker", "--model", self.settings.default_model]
         if self.workers:
@@ -174,6 +180,35 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def local_webhook_env(environ: Mapping[str, str], directory: Path, out: IO[str] | None = None) -> dict[str, str]:
+    """Webhook settings for a local stack: a signing secret (``DQ_WEBHOOK_SECRET``, else the one in
+    ``<directory>/.dq-webhook-secret``, else a new one written there, mode 0600) and an allow-list
+    of this machine's loopback names (local receivers), unless ``DQ_WEBHOOK_ALLOWLIST`` is set."""
+    from webhooks.signing import check_secret, new_secret
+
+    env: dict[str, str] = {}
+    if "DQ_WEBHOOK_ALLOWLIST" not in environ:
+        env["DQ_WEBHOOK_ALLOWLIST"] = LOCAL_WEBHOOK_ALLOWLIST
+    if environ.get("DQ_WEBHOOK_SECRET"):
+        return env
+    path = directory / WEBHOOK_SECRET_FILE
+    secret = path.read_text().strip() if path.is_file() else ""
+    try:
+        check_secret(secret)
+        verb = "uses"
+    except ValueError:
+        secret = new_secret()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(secret + "\n")
+        verb = "wrote"
+    env["DQ_WEBHOOK_SECRET"] = secret
+    if out is not None:
+        print(f"dq: webhook signing secret: {verb} {path.resolve()} (verify deliveries with it)", file=out)
+    return env
 
 
 def sleep_forever(stack: LocalStack) -> None:

@@ -39,6 +39,12 @@ class JobNotFound(DQError):
     slug = "not-found"
 
 
+class DeliveryNotFound(DQError):
+    status = 404
+    title = "Delivery not found"
+    slug = "not-found"
+
+
 class IdempotencyConflict(DQError):
     status = 422
     title = "Idempotency key reused with a different request"

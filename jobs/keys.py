@@ -6,8 +6,15 @@
 ``dq:queue:<model>``       zset   queued job ids per model, same score (queue position)
 ``dq:seq``                 string creation sequence counter
 ``dq:idem:<sha256>``       string idempotency record ``<job id> <request sha256>``
-``dq:worker:<name>``       hash   a worker's heartbeat (expires when the worker dies)
+``dq:unpublished``         zset   job ids whose Celery message is not known to be sent, score = time
+``dq:worker:<name>``       string a worker's heartbeat, JSON (expires when the worker dies)
 ``dq:workers``             zset   worker names, score = last heartbeat time
+``dq:reconciler``          string lock held by the one active reconciler
+``dq:wh:pending:<job id>`` list   webhook message ids of a job not yet delivered, in order
+``dq:wh:events:<job id>``  hash   webhook message id -> event (type, timestamp, job snapshot)
+``dq:wh:due``              zset   job ids whose first pending message is due, score = due time
+``dq:wh:attempts:<job id>`` hash  webhook message id -> attempts made at it since it was queued
+``dq:deliveries:<job id>`` list   webhook delivery attempts of a job (JSON, oldest first)
 Celery queue per model: ``gen.<model>`` (a Redis list owned by kombu).
 """
 
@@ -39,6 +46,27 @@ class Keys:
     def idempotency(self, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"{self.prefix}:idem:{digest}"
+
+    def unpublished(self) -> str:
+        return f"{self.prefix}:unpublished"
+
+    def reconciler_lock(self) -> str:
+        return f"{self.prefix}:reconciler"
+
+    def webhook_pending(self, job_id: str) -> str:
+        return f"{self.prefix}:wh:pending:{job_id}"
+
+    def webhook_events(self, job_id: str) -> str:
+        return f"{self.prefix}:wh:events:{job_id}"
+
+    def webhook_due(self) -> str:
+        return f"{self.prefix}:wh:due"
+
+    def webhook_attempts(self, job_id: str) -> str:
+        return f"{self.prefix}:wh:attempts:{job_id}"
+
+    def deliveries(self, job_id: str) -> str:
+        return f"{self.prefix}:deliveries:{job_id}"
 
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"

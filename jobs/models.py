@@ -49,6 +49,8 @@ class JobRequest(BaseModel):
     height: int | None = Field(default=None, ge=8, le=4096, multiple_of=8)
     num_images: int | None = Field(default=None, ge=1, le=8)
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    ttl_seconds: int | None = Field(default=None, ge=1, le=7 * 86_400)  # may wait queued this long
+    timeout_seconds: int | None = Field(default=None, ge=1, le=86_400)  # may run this long
     metadata: dict[str, Any] | None = None
     webhook: str | None = Field(default=None, max_length=2048)
     webhook_events_filter: list[Literal["started", "progress", "succeeded", "failed", "canceled"]] | None = None

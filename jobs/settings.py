@@ -41,9 +41,12 @@ class Settings:
     s3_region: str = "us-east-1"
     s3_prefix: str = "outputs"
     s3_presign_ttl_s: int = 3600
-    s3_upload_attempts: int = 5
+    s3_upload_retry_s: float = 120.0  # keep retrying a failing upload (with backoff) this long
     # Jobs
     idempotency_ttl_s: int = 86_400
+    job_ttl_s: int = 86_400  # default ttl_seconds: a job queued longer fails as "expired"
+    job_timeout_s: int = 600  # default timeout_seconds: a job running longer fails as "timeout"
+    max_attempts: int = 3  # starts before a job fails as "max_attempts"
     job_retention_s: int = 7 * 86_400
     max_body_bytes: int = 64 * 1024
     # Worker
@@ -52,11 +55,19 @@ class Settings:
     worker_name: str = ""
     torch_threads: int = 0
     lease_s: int = 30
+    progress_interval_s: float = 0.1  # a worker reports steps (and sees cancels) at most this often
     heartbeat_s: float = 2.0
     warmup: bool = True
+    reconcile_interval_s: float = 2.0
+    publish_grace_s: float = 5.0  # a job unpublished this long is published by the reconciler
     emulated_seconds: float = 0.0  # DQ_BACKEND=emulated: seconds each job holds the "core"
-    # Webhooks (validated and stored; delivery is its own subsystem)
-    webhook_allowlist: str = ""
+    # Webhooks (`dq webhooks` delivers them; the API checks URLs against the allow-list)
+    webhook_allowlist: str = ""  # hosts / CIDRs permitted although private or loopback
+    webhook_secret: str = ""  # whsec_<base64>: signs every delivery (Standard Webhooks)
+    webhook_retry_schedule_s: str = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
+    webhook_timeout_s: float = 10.0  # one attempt, connect to last byte; at most 15
+    webhook_concurrency: int = 16  # attempts in flight per `dq webhooks` process
+    webhook_claim_timeout_s: float = 60.0  # a crashed deliverer's claim on a job comes back after this
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -41,7 +41,7 @@ class S3Storage:
         self.bucket = settings.s3_bucket
         self.prefix = settings.s3_prefix
         self.presign_ttl_s = settings.s3_presign_ttl_s
-        self.upload_attempts = max(1, settings.s3_upload_attempts)
+        self.upload_retry_s = settings.s3_upload_retry_s
         config = Config(
             signature_version="s3v4",
             s3={"addressing_style": "path"},
@@ -68,25 +68,44 @@ class S3Storage:
             self.client.create_bucket(Bucket=self.bucket)
 
     def put(self, key: str, body: bytes, output_format: str, metadata: dict[str, str]) -> StoredObject:
-        """Upload with backoff inside the caller (never through Celery's retry)."""
+        """Upload, retrying with backoff for up to ``s3_upload_retry_s`` (S3 restarting, throttling)
+        inside the caller — never through Celery's retry, which drops the message when Redis is down."""
         content_type = OUTPUT_CONTENT_TYPES[output_format]
+        deadline = time.monotonic() + self.upload_retry_s
         delay_s = 0.2
-        for attempt in range(1, self.upload_attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 self.client.put_object(
                     Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, Metadata=metadata
                 )
                 break
             except (BotoCoreError, ClientError) as exc:
-                if attempt == self.upload_attempts:
+                if time.monotonic() + delay_s > deadline or not _retryable(exc):
                     raise
-                log.warning("upload of %s failed (attempt %d): %s; retrying", key, attempt, exc)
+                log.warning("upload of %s failed (attempt %d): %s; retrying in %.1fs", key, attempt, exc, delay_s)
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
         return StoredObject(self.bucket, key, content_type, len(body), hashlib.sha256(body).hexdigest())
 
-    def presign(self, bucket: str, key: str) -> str:
-        url: str = self.signer.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.presign_ttl_s
-        )
+    def presign(self, bucket: str, key: str) -> str | None:
+        """A GET URL for one output; None (logged) when signing is impossible, e.g. no credentials:
+        reading a job must not fail because its links can't be minted."""
+        try:
+            url: str = self.signer.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.presign_ttl_s
+            )
+        except BotoCoreError as exc:
+            log.error("cannot presign s3://%s/%s: %s", bucket, key, exc)
+            return None
         return url
+
+
+def _retryable(exc: Exception) -> bool:
+    """Network errors, throttling and 5xx are worth retrying; access or bucket errors are not."""
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return status >= 500 or status in (408, 429) or code in ("SlowDown", "RequestTimeout", "InternalError")
+    return True

@@ -18,69 +18,181 @@ import redis
 from jobs.keys import Keys
 from jobs.models import JobStatus
 
-# KEYS: job, idem ("" when none), seq, jobs, jobs:queued, queue:<model>
-# ARGV: id, request sha256, idem ttl, field, value, field, value, ...
-_CREATE = """
-if KEYS[2] ~= '' then
-  local rec = redis.call('GET', KEYS[2])
+# Every transition script gets the same KEYS (see JobStore._keys):
+#   1 job hash   2-6 status indexes (queued, running, succeeded, failed, canceled)
+#   7 queue:<model>   8 webhook pending list   9 webhook events hash   10 webhook due zset
+#   11 unpublished zset   12 deliveries list   13 idempotency (create only)   14 seq   15 jobs
+# The prelude moves a job between status indexes and emits webhook events (an outbox written
+# in the same atomic step as the state it describes, so an event exists iff its state does).
+_PRELUDE = r"""
+local IDX = {queued=KEYS[2], running=KEYS[3], succeeded=KEYS[4], failed=KEYS[5], canceled=KEYS[6]}
+local function move(id, seq, from, to)
+  redis.call('ZREM', IDX[from], id)
+  redis.call('ZADD', IDX[to], seq, id)
+end
+local function emit(event, now)
+  local f = redis.call('HMGET', KEYS[1], 'webhook', 'webhook_events_filter', 'id')
+  if not f[1] then return end
+  local short = string.sub(event, 5)
+  if f[2] then
+    if not string.find(f[2], '"' .. short .. '"', 1, true) then return end
+  elseif short == 'progress' then
+    return
+  end
+  local n = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
+  local msg = 'msg_' .. f[3] .. '_' .. n
+  local flat = redis.call('HGETALL', KEYS[1])
+  local job = {}
+  for i = 1, #flat, 2 do job[flat[i]] = flat[i + 1] end
+  redis.call('HSET', KEYS[9], msg, cjson.encode({id=msg, type=event, timestamp=tonumber(now), job=job}))
+  if redis.call('RPUSH', KEYS[8], msg) == 1 then redis.call('ZADD', KEYS[10], now, f[3]) end
+end
+local function retain(seconds)
+  for _, k in ipairs({KEYS[1], KEYS[9], KEYS[12]}) do redis.call('EXPIRE', k, seconds) end
+end
+"""
+
+# ARGV: id, request sha256, idem ttl, now, field, value, ...
+_CREATE = (
+    _PRELUDE
+    + r"""
+if KEYS[13] ~= '' then
+  local rec = redis.call('GET', KEYS[13])
   if rec then return {0, rec} end
 end
-local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 4))
-redis.call('ZADD', KEYS[4], seq, ARGV[1])
-redis.call('ZADD', KEYS[5], seq, ARGV[1])
-redis.call('ZADD', KEYS[6], seq, ARGV[1])
-if KEYS[2] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. ARGV[2], 'EX', tonumber(ARGV[3]))
+local seq = redis.call('INCR', KEYS[14])
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 5))
+redis.call('ZADD', KEYS[15], seq, ARGV[1])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+redis.call('ZADD', KEYS[7], seq, ARGV[1])
+redis.call('ZADD', KEYS[11], ARGV[4], ARGV[1])
+if KEYS[13] ~= '' then
+  redis.call('SET', KEYS[13], ARGV[1] .. ' ' .. ARGV[2], 'EX', tonumber(ARGV[3]))
 end
 return {1, tostring(seq)}
 """
+)
 
-# KEYS: job, jobs:queued, jobs:running, queue:<model>, jobs:failed
-# ARGV: worker, now, lease_until, max_attempts
-_START = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing', '0'} end
-if st ~= 'queued' then return {st, redis.call('HGET', KEYS[1], 'attempts') or '0'} end
-local cur = redis.call('HMGET', KEYS[1], 'seq', 'id', 'attempts')
-local seq, id = cur[1], cur[2]
-local attempts = tonumber(cur[3] or '0')
-redis.call('ZREM', KEYS[4], id)
-redis.call('ZREM', KEYS[2], id)
+# ARGV: worker, now, lease_until, max_attempts, retention
+_START = (
+    _PRELUDE
+    + r"""
+local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'seq', 'id', 'input')
+if not cur[1] then return {'missing', '0'} end
+if cur[1] ~= 'queued' then return {cur[1], cur[2] or '0'} end
+local attempts, seq, id = tonumber(cur[2] or '0'), cur[3], cur[4]
+redis.call('ZREM', KEYS[7], id)
+redis.call('ZREM', KEYS[11], id)
 if attempts >= tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'completed_at', ARGV[2],
-    'error', cjson.encode({type='max_attempts', message='gave up after ' .. attempts .. ' attempts'}))
-  redis.call('ZADD', KEYS[5], seq, id)
+  local err = cjson.encode({type='max_attempts', message='gave up after ' .. attempts .. ' attempt(s); ' ..
+    'the last one ended without a result (its worker died or lost its lease)'})
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'completed_at', ARGV[2], 'error', err)
+  move(id, seq, 'queued', 'failed')
+  emit('job.failed', ARGV[2])
+  retain(ARGV[5])
   return {'max_attempts', tostring(attempts)}
 end
 attempts = attempts + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'worker', ARGV[1],
   'started_at', ARGV[2], 'lease_until', ARGV[3], 'progress_step', 0)
-redis.call('ZADD', KEYS[3], seq, id)
-return {'started', tostring(attempts), redis.call('HGET', KEYS[1], 'input')}
+move(id, seq, 'queued', 'running')
+emit('job.started', ARGV[2])
+return {'started', tostring(attempts), cur[5]}
 """
+)
 
-# KEYS: job; ARGV: attempt, step, lease_until
+# ARGV: attempt, step, lease_until, now, progress event interval
 # Returns 'ok', 'cancel' (a cancel was requested) or 'lost' (this attempt no longer owns it).
-_PROGRESS = """
-local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'cancel_requested')
+_PROGRESS = (
+    _PRELUDE
+    + r"""
+local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'cancel_requested', 'progress_event_at')
 if cur[1] ~= 'running' or cur[2] ~= ARGV[1] then return 'lost' end
 redis.call('HSET', KEYS[1], 'progress_step', ARGV[2], 'lease_until', ARGV[3])
 if cur[3] == '1' then return 'cancel' end
+if tonumber(ARGV[4]) - tonumber(cur[4] or '0') >= tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[1], 'progress_event_at', ARGV[4])
+  emit('job.progress', ARGV[4])
+end
 return 'ok'
 """
+)
 
-# KEYS: job, jobs:running, jobs:<target>
-# ARGV: attempt, target status, now, field, value, ...
-_FINISH = """
-local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'seq', 'id')
+# ARGV: attempt, lease_until. Renews a running job's lease for the attempt that holds it.
+_RENEW = r"""
+local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts')
 if cur[1] ~= 'running' or cur[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'completed_at', ARGV[3], unpack(ARGV, 4))
-redis.call('HDEL', KEYS[1], 'lease_until')
-redis.call('ZREM', KEYS[2], cur[4])
-redis.call('ZADD', KEYS[3], cur[3], cur[4])
+redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
 return 1
 """
+
+# ARGV: attempt ('' = any attempt), required status, target status, now, retention, field, value, ...
+_FINISH = (
+    _PRELUDE
+    + r"""
+local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'seq', 'id')
+if cur[1] ~= ARGV[2] then return 0 end
+if ARGV[1] ~= '' and cur[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'completed_at', ARGV[4], unpack(ARGV, 6))
+if ARGV[3] == 'succeeded' then
+  redis.call('HSET', KEYS[1], 'progress_step', redis.call('HGET', KEYS[1], 'progress_total'))
+end
+redis.call('HDEL', KEYS[1], 'lease_until')
+redis.call('ZREM', KEYS[7], cur[4])
+redis.call('ZREM', KEYS[11], cur[4])
+move(cur[4], cur[3], ARGV[2], ARGV[3])
+emit('job.' .. ARGV[3], ARGV[4])
+retain(ARGV[5])
+return 1
+"""
+)
+
+# ARGV: now, retention. queued → canceled at once; running → flag for the worker.
+_CANCEL = (
+    _PRELUDE
+    + r"""
+local cur = redis.call('HMGET', KEYS[1], 'status', 'seq', 'id')
+if not cur[1] then return 'missing' end
+if cur[1] == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'completed_at', ARGV[1])
+  redis.call('ZREM', KEYS[7], cur[3])
+  redis.call('ZREM', KEYS[11], cur[3])
+  move(cur[3], cur[2], 'queued', 'canceled')
+  emit('job.canceled', ARGV[1])
+  retain(ARGV[2])
+  return 'canceled'
+end
+if cur[1] == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  return 'cancel_requested'
+end
+return cur[1]
+"""
+)
+
+# ARGV: now, retention. running with an expired lease → queued again (keeps attempts and its
+# place in the queue); a job whose cancel was requested ends canceled instead.
+_REQUEUE = (
+    _PRELUDE
+    + r"""
+local cur = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'seq', 'id', 'cancel_requested')
+if cur[1] ~= 'running' or tonumber(cur[2] or '0') >= tonumber(ARGV[1]) then return 0 end
+if cur[5] == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'completed_at', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'lease_until')
+  move(cur[4], cur[3], 'running', 'canceled')
+  emit('job.canceled', ARGV[1])
+  retain(ARGV[2])
+  return 2
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'progress_step', 0)
+redis.call('HDEL', KEYS[1], 'lease_until', 'worker', 'started_at')
+move(cur[4], cur[3], 'running', 'queued')
+redis.call('ZADD', KEYS[7], cur[3], cur[4])
+redis.call('ZADD', KEYS[11], ARGV[1], cur[4])
+return 1
+"""
+)
 
 
 @dataclass
@@ -167,13 +279,34 @@ class Page:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
+    """Every read and transition of a job. Transitions are Lua scripts: one atomic step each."""
+
+    def __init__(self, client: redis.Redis, keys: Keys | None = None, *, retention_s: int = 7 * 86_400) -> None:
         self.redis = client
         self.keys = keys or Keys()
+        self.retention_s = retention_s
+        self.progress_event_interval_s = 0.5
         self._create = client.register_script(_CREATE)
         self._start = client.register_script(_START)
         self._progress = client.register_script(_PROGRESS)
+        self._renew = client.register_script(_RENEW)
         self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+        self._requeue = client.register_script(_REQUEUE)
+
+    def _keys(self, job_id: str, model: str) -> list[str]:
+        k = self.keys
+        statuses = [k.jobs_by_status(s.value) for s in JobStatus]
+        return [
+            k.job(job_id),
+            *statuses,
+            k.queue(model),
+            k.webhook_pending(job_id),
+            k.webhook_events(job_id),
+            k.webhook_due(),
+            k.unpublished(),
+            k.deliveries(job_id),
+        ]
 
     # -- creation -------------------------------------------------------------------
     def create(
@@ -188,17 +321,21 @@ class JobStore:
         idempotency_key: str | None = None,
         request_hash: str = "",
         idempotency_ttl_s: int = 86_400,
+        extra: dict[str, str] | None = None,
         now: float | None = None,
     ) -> CreateResult:
+        """A new queued job, recorded as not yet published until ``mark_published``."""
+        created_at = now if now is not None else time.time()
         fields: dict[str, str] = {
             "id": job_id,
             "status": JobStatus.QUEUED.value,
             "model": model,
             "input": _dumps(job_input),
-            "created_at": repr(now if now is not None else time.time()),
+            "created_at": repr(created_at),
             "progress_step": "0",
             "progress_total": str(job_input.get("num_inference_steps", 0)),
             "attempts": "0",
+            **(extra or {}),
         }
         if metadata is not None:
             fields["metadata"] = _dumps(metadata)
@@ -208,14 +345,12 @@ class JobStore:
             fields["webhook_events_filter"] = _dumps(list(webhook_events_filter))
         k = self.keys
         keys = [
-            k.job(job_id),
+            *self._keys(job_id, model),
             k.idempotency(idempotency_key) if idempotency_key else "",
             k.seq(),
             k.jobs(),
-            k.jobs_by_status(JobStatus.QUEUED.value),
-            k.queue(model),
         ]
-        argv: list[str] = [job_id, request_hash, str(idempotency_ttl_s)]
+        argv: list[str] = [job_id, request_hash, str(idempotency_ttl_s), repr(created_at)]
         for name, value in fields.items():
             argv += [name, value]
         created, value = self._create(keys=keys, args=argv)
@@ -223,6 +358,14 @@ class JobStore:
             return CreateResult(True, job_id, request_hash)
         existing_id, _, existing_hash = _text(value).partition(" ")
         return CreateResult(False, existing_id, existing_hash)
+
+    def mark_published(self, job_id: str) -> None:
+        """The job's Celery message reached the broker: the reconciler needn't publish it."""
+        self.redis.zrem(self.keys.unpublished(), job_id)
+
+    def unpublished(self, older_than: float, limit: int = 100) -> list[str]:
+        ids = self.redis.zrangebyscore(self.keys.unpublished(), "-inf", older_than, start=0, num=limit)
+        return [_text(i) for i in ids]  # type: ignore[union-attr]
 
     # -- reads ----------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
@@ -241,6 +384,10 @@ class JobStore:
 
     def queue_depth(self, model: str) -> int:
         return int(self.redis.zcard(self.keys.queue(model)))
+
+    def ids_with_status(self, status: JobStatus, limit: int = 1000) -> list[str]:
+        ids: Any = self.redis.zrange(self.keys.jobs_by_status(status.value), 0, limit - 1)
+        return [_text(i) for i in ids]
 
     def page(self, status: JobStatus | None = None, limit: int = 20, cursor: int | None = None) -> Page:
         """Newest first; ``cursor`` is the sequence number of the last job already seen."""
@@ -262,53 +409,74 @@ class JobStore:
 
     # -- transitions ----------------------------------------------------------------
     def start(self, job_id: str, model: str, worker: str, *, lease_s: float, max_attempts: int = 3) -> StartResult:
-        """queued → running for this worker; anything else is reported, not changed."""
+        """queued → running for this worker (attempt + 1, lease); anything else: skip."""
         now = time.time()
-        k = self.keys
         reply = self._start(
-            keys=[
-                k.job(job_id),
-                k.jobs_by_status("queued"),
-                k.jobs_by_status("running"),
-                k.queue(model),
-                k.jobs_by_status("failed"),
-            ],
-            args=[worker, repr(now), repr(now + lease_s), str(max_attempts)],
+            keys=self._keys(job_id, model),
+            args=[worker, repr(now), repr(now + lease_s), str(max_attempts), str(self.retention_s)],
         )
         job_input = json.loads(_text(reply[2])) if len(reply) > 2 else None
         return StartResult(_text(reply[0]), int(reply[1]), job_input)
 
-    def progress(self, job_id: str, attempt: int, step: int, *, lease_s: float) -> str:
+    def progress(self, job_id: str, model: str, attempt: int, step: int, *, lease_s: float) -> str:
         """Record a denoising step and renew the lease: 'ok', 'cancel' or 'lost'."""
-        until = time.time() + lease_s
-        return _text(self._progress(keys=[self.keys.job(job_id)], args=[str(attempt), str(step), repr(until)]))
+        now = time.time()
+        args = [str(attempt), str(step), repr(now + lease_s), repr(now), repr(self.progress_event_interval_s)]
+        return _text(self._progress(keys=self._keys(job_id, model), args=args))
 
-    def succeed(self, job_id: str, attempt: int, outputs: list[dict[str, Any]], *, generation_seconds: float) -> bool:
-        return self._finish_as(
+    def renew(self, job_id: str, attempt: int, *, lease_s: float) -> bool:
+        return int(self._renew(keys=[self.keys.job(job_id)], args=[str(attempt), repr(time.time() + lease_s)])) == 1
+
+    def succeed(
+        self, job_id: str, model: str, attempt: int, outputs: list[dict[str, Any]], *, generation_seconds: float
+    ) -> bool:
+        """running → succeeded, only for the attempt that holds the job."""
+        return self._transition(
             job_id,
+            model,
             attempt,
+            JobStatus.RUNNING,
             JobStatus.SUCCEEDED,
             outputs=_dumps(outputs),
             generation_seconds=repr(generation_seconds),
         )
 
-    def fail(self, job_id: str, attempt: int, error_type: str, message: str) -> bool:
+    def fail(self, job_id: str, model: str, attempt: int | None, error_type: str, message: str) -> bool:
+        """running → failed (``attempt=None``: whichever attempt runs it, e.g. a timeout)."""
         error = _dumps({"type": error_type, "message": message[:2000]})
-        return self._finish_as(job_id, attempt, JobStatus.FAILED, error=error)
+        return self._transition(job_id, model, attempt, JobStatus.RUNNING, JobStatus.FAILED, error=error)
 
-    def cancel_running(self, job_id: str, attempt: int) -> bool:
+    def fail_queued(self, job_id: str, model: str, error_type: str, message: str) -> bool:
+        """queued → failed (e.g. it waited longer than its TTL)."""
+        error = _dumps({"type": error_type, "message": message[:2000]})
+        return self._transition(job_id, model, None, JobStatus.QUEUED, JobStatus.FAILED, error=error)
+
+    def cancel_running(self, job_id: str, model: str, attempt: int) -> bool:
         """running → canceled by the attempt that stopped at a cancel request."""
-        return self._finish_as(job_id, attempt, JobStatus.CANCELED)
+        return self._transition(job_id, model, attempt, JobStatus.RUNNING, JobStatus.CANCELED)
 
-    def _finish_as(self, job_id: str, attempt: int, target: JobStatus, **values: str) -> bool:
-        k = self.keys
-        argv = [str(attempt), target.value, repr(time.time())]
+    def cancel(self, job_id: str, model: str) -> str:
+        """'canceled' (was queued), 'cancel_requested' (running), else the terminal status."""
+        return _text(self._cancel(keys=self._keys(job_id, model), args=[repr(time.time()), str(self.retention_s)]))
+
+    def requeue_if_lease_expired(self, job_id: str, model: str, now: float | None = None) -> int:
+        """1: back to queued (to be published again); 2: ended canceled; 0: lease still live."""
+        now = time.time() if now is None else now
+        return int(self._requeue(keys=self._keys(job_id, model), args=[repr(now), str(self.retention_s)]))
+
+    def _transition(
+        self, job_id: str, model: str, attempt: int | None, source: JobStatus, target: JobStatus, **values: str
+    ) -> bool:
+        argv = [
+            "" if attempt is None else str(attempt),
+            source.value,
+            target.value,
+            repr(time.time()),
+            str(self.retention_s),
+        ]
         for name, value in values.items():
             argv += [name, value]
-        done = self._finish(
-            keys=[k.job(job_id), k.jobs_by_status("running"), k.jobs_by_status(target.value)], args=argv
-        )
-        return int(done) == 1
+        return int(self._finish(keys=self._keys(job_id, model), args=argv)) == 1
 
 
 def _dumps(value: Any) -> str:

@@ -46,7 +46,15 @@ def parse_request(body: Any) -> JobRequest:
         raise ValidationFailed(summary, errors) from None
 
 
-def prepare_job(body: Any, catalog: ModelCatalog, default_model: str, seed: int | None = None) -> PreparedJob:
+def prepare_job(
+    body: Any,
+    catalog: ModelCatalog,
+    default_model: str,
+    seed: int | None = None,
+    *,
+    ttl_s: int = 86_400,
+    timeout_s: int = 600,
+) -> PreparedJob:
     """Validate ``body`` against the schema and the model's compiled shapes; fill defaults."""
     request = parse_request(body)
     model_name = request.model or default_model
@@ -72,6 +80,8 @@ def prepare_job(body: Any, catalog: ModelCatalog, default_model: str, seed: int 
         "height": shape.height,
         "num_images": shape.num_images,
         "output_format": request.output_format,
+        "ttl_seconds": request.ttl_seconds if request.ttl_seconds is not None else ttl_s,
+        "timeout_seconds": request.timeout_seconds if request.timeout_seconds is not None else timeout_s,
     }
     return PreparedJob(
         model=model_name,

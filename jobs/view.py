@@ -8,7 +8,7 @@ from typing import Any
 from jobs.models import JobStatus, rfc3339
 from jobs.store import JobRecord
 
-Presigner = Callable[[str, str], str]  # (bucket, key) -> URL
+Presigner = Callable[[str, str], "str | None"]  # (bucket, key) -> URL
 
 
 def render_job(record: JobRecord, queue_position: int | None, presign: Presigner | None) -> dict[str, Any]:
@@ -26,6 +26,7 @@ def render_job(record: JobRecord, queue_position: int | None, presign: Presigner
         "started_at": rfc3339(record.started_at),
         "completed_at": rfc3339(record.completed_at),
         "progress": {"step": record.progress_step, "total": record.progress_total},
+        "cancel_requested": record.cancel_requested,
         "queue_position": queue_position if record.status is JobStatus.QUEUED else None,
         "outputs": outputs,
         "error": record.error,

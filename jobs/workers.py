@@ -31,6 +31,7 @@ class WorkerInfo:
     current_job: str = ""
     last_pipeline_seconds: float | None = None
     started_at: float = 0.0
+    ready_at: float | None = None  # model loaded and warmed; consuming from then on
     jobs_done: int = 0
     heartbeat_at: float = 0.0
 

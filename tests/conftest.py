@@ -19,6 +19,7 @@ from dq.services import Service, create_bucket, s3_env, start_redis, start_seawe
 from jobs.keys import Keys
 from jobs.settings import Settings
 from jobs.workers import WorkerRegistry
+from tests.webhook_receiver import SECRET, Receiver
 
 BUCKET = "dq-test"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -155,3 +156,11 @@ def start_worker(s3_settings: Settings, s3_service: Service, session_dir: Path) 
         stop_process(proc, grace_s=20)
     for log in logs:
         log.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real webhook receiver on 127.0.0.1 that verifies every signature."""
+    r = Receiver(SECRET).start()
+    yield r
+    r.close()

@@ -51,6 +51,8 @@ def test_submit_returns_202_location_and_the_job(client: FlaskClient, redis_clie
         "height": 64,
         "num_images": 1,
         "output_format": "png",
+        "ttl_seconds": 86_400,
+        "timeout_seconds": 600,
     }
     assert job["metadata"] == {"order": 12}
     assert job["progress"] == {"step": 0, "total": 4}

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import time
-from typing import Any
 
 import pytest
 import urllib3
@@ -15,28 +13,10 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from tests.conftest import WorkerFactory
+from tests.helpers import submit, wait_for
 
 HTTP = urllib3.PoolManager(retries=False)
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-
-
-def submit(client: FlaskClient, **body: Any) -> dict[str, Any]:
-    response = client.post(
-        "/v1/jobs", data=json.dumps({"prompt": "a pig with wings", **body}), content_type="application/json"
-    )
-    assert response.status_code == 202, response.get_data(as_text=True)
-    job: dict[str, Any] = response.get_json()
-    return job
-
-
-def wait_for(client: FlaskClient, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").get_json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} not finished after {timeout_s}s: {job}")
 
 
 def download(url: str) -> bytes:

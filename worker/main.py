@@ -15,9 +15,12 @@ import time
 
 import redis
 from celery import Celery, signals
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from jobs.capabilities import ModelInfo, read_model
 from jobs.keys import Keys, celery_queue
+from jobs.reconciler import Reconciler, ReconcilerThread
 from jobs.settings import Settings
 from jobs.storage import S3Storage
 from jobs.store import JobStore
@@ -31,18 +34,25 @@ log = logging.getLogger("dq.worker")
 
 
 class Heartbeat(threading.Thread):
-    """Publishes this worker's state every ``interval_s`` until stopped."""
+    """Publishes this worker's state and renews the leases of its jobs every ``interval_s``
+    (generation renews at every step too; this covers the VAE decode and the upload)."""
 
     def __init__(self, registry: WorkerRegistry, info: WorkerInfo, interval_s: float) -> None:
         super().__init__(name="dq-heartbeat", daemon=True)
         self.registry = registry
         self.info = info
         self.interval_s = interval_s
+        self.store: JobStore | None = None
+        self.in_flight: InFlight | None = None
+        self.lease_s = 30.0
         self._stop_event = threading.Event()
 
     def beat(self) -> None:
         try:
             self.registry.publish(self.info, ttl_s=max(3 * self.interval_s, 5.0))
+            if self.store is not None and self.in_flight is not None:
+                for job_id, attempt in self.in_flight.snapshot().items():
+                    self.store.renew(job_id, attempt, lease_s=self.lease_s)
         except redis.RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
 
@@ -86,6 +96,19 @@ def create_worker_app(settings: Settings, runner: Runner) -> Celery:
     return app
 
 
+def resilient_redis(url: str) -> redis.Redis:
+    """A worker's Redis client rides out a Redis restart (~30 s of retries with backoff)
+    instead of failing the job it is running."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 20),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
 def run_worker(settings: Settings, model: str, cores: str = "") -> None:
     """Blocks until the worker is shut down (SIGTERM / SIGINT: warm shutdown)."""
     name = settings.worker_name or default_worker_name(model, cores)
@@ -95,9 +118,7 @@ def run_worker(settings: Settings, model: str, cores: str = "") -> None:
 
         ensure_tiny_model(info_path)
     model_info = read_model(info_path)
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
-    )
+    client = resilient_redis(settings.redis_url)
     keys = Keys(settings.key_prefix)
     registry = WorkerRegistry(client, keys)
     worker_info = WorkerInfo(
@@ -122,23 +143,35 @@ def run_worker(settings: Settings, model: str, cores: str = "") -> None:
         warm_s = warm_up(backend, model_info) if settings.warmup else 0.0
         log.info("worker %s: model %s loaded in %.2fs, warmed in %.2fs", name, model, load_s, warm_s)
         # 2. Wire the runner: generation on this thread, storage on the finisher thread.
-        store = JobStore(client, keys)
+        store = JobStore(client, keys, retention_s=settings.job_retention_s)
         storage = S3Storage(settings)
         in_flight = InFlight()
+        heartbeat.store, heartbeat.in_flight, heartbeat.lease_s = store, in_flight, settings.lease_s
         finisher = Finisher(store, storage, in_flight)
-        runner = Runner(
-            store,
-            backend,
-            finisher,
-            RunnerConfig(worker_name=name, lease_s=settings.lease_s),
-            worker_info,
-            in_flight,
+        config = RunnerConfig(
+            worker_name=name,
+            lease_s=settings.lease_s,
+            max_attempts=settings.max_attempts,
+            progress_interval_s=settings.progress_interval_s,
         )
+        runner = Runner(store, backend, finisher, config, worker_info, in_flight)
         app = create_worker_app(settings, runner)
+        reconciler = ReconcilerThread(
+            Reconciler(
+                store,
+                app,
+                owner=f"{name}:{os.getpid()}",
+                interval_s=settings.reconcile_interval_s,
+                lease_s=settings.lease_s,
+                publish_grace_s=settings.publish_grace_s,
+            )
+        )
+        reconciler.start()
 
         @signals.worker_ready.connect(weak=False)
         def _ready(**_: object) -> None:
             worker_info.state = "ready"
+            worker_info.ready_at = time.time()
             heartbeat.beat()
 
         @signals.worker_shutting_down.connect(weak=False)
@@ -147,20 +180,24 @@ def run_worker(settings: Settings, model: str, cores: str = "") -> None:
             heartbeat.beat()
 
         # 3. Consume only this model's queue, one message at a time, on this thread.
-        app.worker_main(
-            [
-                "worker",
-                "--pool=solo",
-                "--concurrency=1",
-                f"--queues={celery_queue(model)}",
-                f"--hostname={name}",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--loglevel=INFO",
-            ]
-        )
-        finisher.drain()
+        try:
+            app.worker_main(
+                [
+                    "worker",
+                    "--pool=solo",
+                    "--concurrency=1",
+                    f"--queues={celery_queue(model)}",
+                    f"--hostname={name}",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "--loglevel=INFO",
+                ]
+            )
+        finally:
+            # Warm shutdown (Celery may leave through SystemExit): store what was generated.
+            finisher.drain()
+            reconciler.stop()
     finally:
         heartbeat.stop()
         try:

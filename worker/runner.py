@@ -34,6 +34,10 @@ class LeaseLost(Exception):
     """Raised from the step callback when this attempt no longer owns the job."""
 
 
+class JobTimeout(Exception):
+    """Raised from the step callback when the job ran past its ``timeout_seconds``."""
+
+
 @dataclass
 class Generated:
     """What generation hands to the finisher: plain data."""
@@ -51,6 +55,7 @@ class RunnerConfig:
     worker_name: str
     lease_s: float = 30.0
     max_attempts: int = 3
+    progress_interval_s: float = 0.1  # report steps (and check for cancel) at most this often
 
 
 @dataclass
@@ -59,6 +64,10 @@ class InFlight:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     jobs: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.jobs)
 
     def add(self, job_id: str, attempt: int) -> None:
         with self.lock:
@@ -102,7 +111,8 @@ class Finisher:
                 self.finish(item)
             except Exception as exc:  # never let one job's failure stop the thread
                 log.exception("job %s: storing outputs failed", item.job_id)
-                self.store.fail(item.job_id, item.attempt, "storage_error", f"{type(exc).__name__}: {exc}")
+                message = f"{type(exc).__name__}: {exc}"
+                self.store.fail(item.job_id, item.model, item.attempt, "storage_error", message)
             finally:
                 self.in_flight.remove(item.job_id)
 
@@ -129,7 +139,9 @@ class Finisher:
                     "format": output_extension(fmt),
                 }
             )
-        committed = self.store.succeed(item.job_id, item.attempt, outputs, generation_seconds=item.generation_seconds)
+        committed = self.store.succeed(
+            item.job_id, item.model, item.attempt, outputs, generation_seconds=item.generation_seconds
+        )
         if not committed:
             log.warning("job %s attempt %d: outputs not committed (no longer owned)", item.job_id, item.attempt)
 
@@ -164,18 +176,23 @@ class Runner:
         self.info.state, self.info.current_job = "busy", job_id
         # 2. Generate on this thread, reporting each step.
         try:
-            images, seconds = self._generate(job_id, attempt, claim.input)
+            images, seconds = self._generate(job_id, model, attempt, claim.input)
         except LeaseLost:
             log.warning("job %s attempt %d: lease lost, abandoning", job_id, attempt)
             self.in_flight.remove(job_id)
             return
         except JobCanceled:
-            self.store.cancel_running(job_id, attempt)
+            self.store.cancel_running(job_id, model, attempt)
+            self.in_flight.remove(job_id)
+            return
+        except JobTimeout:
+            limit = claim.input.get("timeout_seconds")
+            self.store.fail(job_id, model, attempt, "timeout", f"ran longer than timeout_seconds={limit}")
             self.in_flight.remove(job_id)
             return
         except Exception as exc:
             log.exception("job %s: generation failed", job_id)
-            self.store.fail(job_id, attempt, "generation_error", f"{type(exc).__name__}: {exc}")
+            self.store.fail(job_id, model, attempt, "generation_error", f"{type(exc).__name__}: {exc}")
             self.in_flight.remove(job_id)
             return
         finally:
@@ -185,17 +202,30 @@ class Runner:
         # 3. Hand over: encode, upload and commit happen off this thread.
         self.finisher.submit(Generated(job_id, model, attempt, claim.input, images, seconds))
 
-    def _generate(self, job_id: str, attempt: int, job_input: dict[str, Any]) -> tuple[list[Image.Image], float]:
+    def _generate(
+        self, job_id: str, model: str, attempt: int, job_input: dict[str, Any]
+    ) -> tuple[list[Image.Image], float]:
         request = GenerationRequest.from_input(job_input)
         lease_s = self.config.lease_s
+        started = time.perf_counter()
+        deadline = started + float(job_input.get("timeout_seconds") or float("inf"))
+        interval_s = self.config.progress_interval_s
+        last_report = [0.0]
 
         def on_step(step: int) -> None:
-            answer = self.store.progress(job_id, attempt, step, lease_s=lease_s)
+            # One Redis round trip per step is cheap on inf2 (~0.1-0.5 s a step) but not on a fast
+            # model: report at most every `interval_s` (cancel is noticed within that much).
+            now = time.perf_counter()
+            if now - last_report[0] < interval_s and step < request.num_inference_steps:
+                return
+            last_report[0] = now
+            answer = self.store.progress(job_id, model, attempt, step, lease_s=lease_s)
             if answer == "cancel":
                 raise JobCanceled(job_id)
             if answer == "lost":
                 raise LeaseLost(job_id)
+            if now > deadline:
+                raise JobTimeout(job_id)
 
-        started = time.perf_counter()
         images = self.backend.generate(request, on_step)
         return images, time.perf_counter() - started

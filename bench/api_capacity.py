@@ -1,0 +1,61 @@
+"""Scenario 3 — API capacity under gunicorn on this machine: submits/s and status reads/s from
+wrk, beside a bare Flask app (same gunicorn settings) measured in the same run as the floor."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+from bench.harness import post_json, stack
+
+SUBMIT_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"prompt": "a pig with wings", "num_inference_steps": 4}'
+"""
+
+
+def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk not installed: apt-get install wrk")
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        if script:
+            fh.write(script)
+            cmd += ["-s", fh.name]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    Path(fh.name).unlink()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": round(rps),
+        "p99_ms": round(float(p99.group(1)) * scale[p99.group(2)], 2) if p99 else None,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def run(seconds: int = 10, connections: int = 32, workers: int = 2, threads: int = 4) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "gunicorn": f"{workers} gthread workers x {threads} threads",
+        "wrk": f"-t2 -c{connections}",
+    }
+    with stack() as s:
+        api = s.start_api(workers=workers, threads=threads)
+        http = urllib3.PoolManager()
+        job = post_json(http, api + "/v1/jobs", {"prompt": "status target", "num_inference_steps": 4})
+        result["submit"] = wrk(api + "/v1/jobs", seconds, connections, SUBMIT_LUA)
+        result["status_read"] = wrk(f"{api}/v1/jobs/{job['id']}", seconds, connections)
+        bare = s.start_api(workers=workers, threads=threads, app="bench.bare_app:create_app()")
+        result["bare_flask_get"] = wrk(f"{bare}/v1/jobs/{job['id']}", seconds, connections)
+        result["jobs_created"] = s.client().zcard("dq:jobs")
+    json.dumps(result)
+    return result

@@ -1,0 +1,64 @@
+"""Scenario 5 — system throughput with a no-op backend: submit → queue → worker → S3 → state →
+webhook to a local receiver that each client waits on; 16 concurrent clients for 20 s, all on
+this machine's cores."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import urllib3
+
+from bench.harness import Receiver, post_json, stack, summary_ms
+
+
+def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers: int = 2) -> dict[str, Any]:
+    with stack() as s:
+        api = s.start_api(workers=api_workers)
+        s.start_webhooks()
+        s.start_workers(workers, DQ_BACKEND="emulated", DQ_EMULATED_SECONDS="0")
+        receiver = Receiver()
+        body = {"prompt": "noop", "num_inference_steps": 1, "webhook": receiver.url}
+        latencies: list[float] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+        errors: list[str] = []
+
+        def client_loop() -> None:
+            http = urllib3.PoolManager(maxsize=2)
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    job = post_json(http, api + "/v1/jobs", body)
+                    receiver.wait_terminal(job["id"], timeout_s=30)
+                except Exception as exc:  # recorded, not fatal
+                    errors.append(repr(exc))
+                    continue
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+
+        for _ in range(20):  # warm-up
+            receiver.wait_terminal(post_json(urllib3.PoolManager(), api + "/v1/jobs", body)["id"])
+        threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        with lock:
+            done = len(latencies)
+            elapsed = time.perf_counter() - started
+        for t in threads:
+            t.join(35)
+        receiver.close()
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "workers": workers,
+        "api_workers": api_workers,
+        "jobs": done,
+        "jobs_per_s": round(done / elapsed, 1),
+        "latency": summary_ms(latencies),
+        "errors": errors[:5],
+    }

@@ -1,0 +1,170 @@
+"""The reconciler: finishes what crashes and outages leave behind. One is active at a time
+across the fleet (a Redis lock); every worker process runs a candidate.
+
+Each tick, as the leader:
+1. running jobs whose lease expired (their worker died or hung) go back to ``queued`` and are
+   published again; the next start counts as another attempt (``max_attempts`` is enforced
+   when a worker claims it);
+2. running jobs past ``timeout_seconds`` (plus one lease of grace) fail as ``timeout``;
+3. queued jobs past ``ttl_seconds`` fail as ``expired``;
+4. queued jobs whose Celery message was never confirmed published (the API lost Redis between
+   writing the job and publishing it) are published.
+A duplicate message is harmless: a worker skips any job that is not ``queued``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from jobs.models import JobStatus
+from jobs.store import JobStore
+from jobs.transport import enqueue
+
+log = logging.getLogger("dq.reconciler")
+QUEUED_SCAN = 200
+
+# KEYS: lock; ARGV: owner, ttl_ms. Take the lock if free, keep it if ours.
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class TickReport:
+    requeued: list[str] = field(default_factory=list)
+    canceled: list[str] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)
+
+    def any(self) -> bool:
+        return any((self.requeued, self.canceled, self.timed_out, self.expired, self.published))
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: JobStore,
+        celery: Celery,
+        owner: str,
+        *,
+        interval_s: float = 2.0,
+        lease_s: float = 30.0,
+        publish_grace_s: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.celery = celery
+        self.owner = owner
+        self.interval_s = interval_s
+        self.lease_s = lease_s
+        self.publish_grace_s = publish_grace_s
+        self._lead = store.redis.register_script(_LEAD)
+
+    def lead(self) -> bool:
+        ttl_ms = int(max(3 * self.interval_s, 5.0) * 1000)
+        return int(self._lead(keys=[self.store.keys.reconciler_lock()], args=[self.owner, ttl_ms])) == 1
+
+    def tick(self, now: float | None = None) -> TickReport:
+        now = time.time() if now is None else now
+        report = TickReport()
+        self._running(now, report)
+        self._queued(now, report)
+        self._unpublished(now, report)
+        if report.any():
+            log.info("reconciler: %s", report)
+        return report
+
+    def _running(self, now: float, report: TickReport) -> None:
+        for job_id in self.store.ids_with_status(JobStatus.RUNNING):
+            record = self.store.get(job_id)
+            if record is None or record.status is not JobStatus.RUNNING:
+                continue
+            timeout = float(record.input.get("timeout_seconds") or 0)
+            if timeout and record.started_at is not None and now > record.started_at + timeout + self.lease_s:
+                message = f"ran longer than timeout_seconds={timeout:g}"
+                if self.store.fail(job_id, record.model, None, "timeout", message):
+                    report.timed_out.append(job_id)
+                continue
+            outcome = self.store.requeue_if_lease_expired(job_id, record.model, now)
+            if outcome == 1:
+                report.requeued.append(job_id)
+                self._publish(job_id, record.model, report)
+            elif outcome == 2:
+                report.canceled.append(job_id)
+
+    def _queued(self, now: float, report: TickReport) -> None:
+        ids = self.store.ids_with_status(JobStatus.QUEUED, limit=QUEUED_SCAN)  # oldest first
+        if not ids:
+            return
+        pipe = self.store.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self.store.keys.job(job_id), "created_at", "input", "model")
+        for job_id, (created, raw_input, model) in zip(ids, pipe.execute(), strict=True):
+            if created is None or raw_input is None:
+                continue
+            ttl = float(json.loads(raw_input).get("ttl_seconds") or 0)
+            if ttl and now > float(created) + ttl:
+                message = f"waited in the queue longer than ttl_seconds={ttl:g}"
+                if self.store.fail_queued(job_id, _text(model), "expired", message):
+                    report.expired.append(job_id)
+
+    def _unpublished(self, now: float, report: TickReport) -> None:
+        for job_id in self.store.unpublished(older_than=now - self.publish_grace_s):
+            record = self.store.get(job_id)
+            if record is None or record.status is not JobStatus.QUEUED:
+                self.store.mark_published(job_id)
+                continue
+            self._publish(job_id, record.model, report)
+
+    def _publish(self, job_id: str, model: str, report: TickReport) -> None:
+        try:
+            enqueue(self.celery, job_id, model)
+        except OperationalError as exc:  # stays in the unpublished set: next tick tries again
+            log.warning("reconciler: publishing %s failed: %s", job_id, exc)
+            return
+        self.store.mark_published(job_id)
+        report.published.append(job_id)
+
+
+class ReconcilerThread(threading.Thread):
+    """Runs a reconciler candidate next to a worker: ticks only while it holds the lock."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        super().__init__(name="dq-reconciler", daemon=True)
+        self.reconciler = reconciler
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.reconciler.interval_s):
+            try:
+                if self.reconciler.lead():
+                    self.reconciler.tick()
+            except (redis.RedisError, OperationalError) as exc:
+                log.warning("reconciler: %s", exc)
+            except Exception:  # never let the thread die silently
+                log.exception("reconciler tick failed")
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
