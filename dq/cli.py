@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     _api_arg(submit)
     submit.set_defaults(func=cmd_submit)
 
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    _api_arg(cancel)
+    cancel.set_defaults(func=cmd_cancel)
+
     status = sub.add_parser("status", help="show a job")
     status.add_argument("job_id")
     _api_arg(status)
@@ -305,6 +310,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"saved {args.output}", file=sys.stderr)
     print_json(final)
     return 0 if final["status"] == "succeeded" else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    print_json(Client(args.api).cancel(args.job_id))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@
 ``dq:wh:pending:<job id>`` list   webhook message ids of a job not yet delivered, in order
 ``dq:wh:events:<job id>``  hash   webhook message id -> event (type, timestamp, job snapshot)
 ``dq:wh:due``              zset   job ids whose first pending message is due, score = due time
+``dq:wh:wake``             list   one token while events wait: a blocked deliverer wakes at once
 ``dq:wh:attempts:<job id>`` hash  webhook message id -> attempts made at it since it was queued
 ``dq:deliveries:<job id>`` list   webhook delivery attempts of a job (JSON, oldest first)
 Celery queue per model: ``gen.<model>`` (a Redis list owned by kombu).
@@ -64,6 +65,9 @@ class Keys:
 
     def webhook_attempts(self, job_id: str) -> str:
         return f"{self.prefix}:wh:attempts:{job_id}"
+
+    def webhook_wake(self) -> str:
+        return f"{self.prefix}:wh:wake"
 
     def deliveries(self, job_id: str) -> str:
         return f"{self.prefix}:deliveries:{job_id}"

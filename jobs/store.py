@@ -21,7 +21,8 @@ from jobs.models import JobStatus
 # Every transition script gets the same KEYS (see JobStore._keys):
 #   1 job hash   2-6 status indexes (queued, running, succeeded, failed, canceled)
 #   7 queue:<model>   8 webhook pending list   9 webhook events hash   10 webhook due zset
-#   11 unpublished zset   12 deliveries list   13 idempotency (create only)   14 seq   15 jobs
+#   11 unpublished zset   12 deliveries list   13 webhook wake-up list
+#   14 idempotency (create only)   15 seq   16 jobs
 # The prelude moves a job between status indexes and emits webhook events (an outbox written
 # in the same atomic step as the state it describes, so an event exists iff its state does).
 _PRELUDE = r"""
@@ -46,6 +47,7 @@ local function emit(event, now)
   for i = 1, #flat, 2 do job[flat[i]] = flat[i + 1] end
   redis.call('HSET', KEYS[9], msg, cjson.encode({id=msg, type=event, timestamp=tonumber(now), job=job}))
   if redis.call('RPUSH', KEYS[8], msg) == 1 then redis.call('ZADD', KEYS[10], now, f[3]) end
+  if redis.call('LLEN', KEYS[13]) == 0 then redis.call('RPUSH', KEYS[13], '1') end  -- wake a deliverer
 end
 local function retain(seconds)
   for _, k in ipairs({KEYS[1], KEYS[9], KEYS[12]}) do redis.call('EXPIRE', k, seconds) end
@@ -56,18 +58,18 @@ end
 _CREATE = (
     _PRELUDE
     + r"""
-if KEYS[13] ~= '' then
-  local rec = redis.call('GET', KEYS[13])
+if KEYS[14] ~= '' then
+  local rec = redis.call('GET', KEYS[14])
   if rec then return {0, rec} end
 end
-local seq = redis.call('INCR', KEYS[14])
+local seq = redis.call('INCR', KEYS[15])
 redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 5))
-redis.call('ZADD', KEYS[15], seq, ARGV[1])
+redis.call('ZADD', KEYS[16], seq, ARGV[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('ZADD', KEYS[7], seq, ARGV[1])
 redis.call('ZADD', KEYS[11], ARGV[4], ARGV[1])
-if KEYS[13] ~= '' then
-  redis.call('SET', KEYS[13], ARGV[1] .. ' ' .. ARGV[2], 'EX', tonumber(ARGV[3]))
+if KEYS[14] ~= '' then
+  redis.call('SET', KEYS[14], ARGV[1] .. ' ' .. ARGV[2], 'EX', tonumber(ARGV[3]))
 end
 return {1, tostring(seq)}
 """
@@ -306,6 +308,7 @@ class JobStore:
             k.webhook_due(),
             k.unpublished(),
             k.deliveries(job_id),
+            k.webhook_wake(),
         ]
 
     # -- creation -------------------------------------------------------------------

@@ -191,7 +191,7 @@ class Deliverer:
                 if claimed:
                     continue
                 if free > 0:
-                    self.stopping.wait(self.config.poll_s)
+                    self._wait_for_events()
                 else:
                     futures.wait(inflight, timeout=self.config.poll_s, return_when=futures.FIRST_COMPLETED)
             futures.wait(inflight)
@@ -209,6 +209,14 @@ class Deliverer:
         for job_id in claimed:
             self.deliver_job(job_id)
         return len(claimed)
+
+    def _wait_for_events(self) -> None:
+        """Until an event is emitted or ``poll_s`` passes (retries fall due by time alone)."""
+        try:
+            self.outbox.wait_for_events(self.config.poll_s)
+        except redis.RedisError as exc:
+            log.warning("cannot wait for webhook events (%s); retrying in 1 s", exc)
+            self.stopping.wait(1.0)
 
     def _claim(self, limit: int) -> list[str]:
         try:

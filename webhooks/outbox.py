@@ -173,6 +173,10 @@ class Outbox:
         raw = self.redis.lrange(self.keys.deliveries(job_id), 0, -1)
         return [json.loads(item) for item in raw]  # type: ignore[union-attr]
 
+    def wait_for_events(self, timeout_s: float) -> None:
+        """Block until a transition emits an event (or ``timeout_s``): no polling latency."""
+        self.redis.blpop([self.keys.webhook_wake()], timeout=timeout_s)
+
     def due_count(self) -> int:
         return int(self.redis.zcard(self.keys.webhook_due()))
 

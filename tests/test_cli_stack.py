@@ -1,0 +1,98 @@
+"""``dq up`` as a user runs it (a subprocess: Redis, SeaweedFS, gunicorn, the webhook deliverer
+and the worker launcher), driven by the ``dq`` client commands; SIGTERM leaves no process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dq.services import free_port, stop_process, wait_until
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc), however it was detached into its own session."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def dq(api: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dq", *args, "--api", api], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_dq_up_serves_the_client_commands_and_stops_clean(tmp_path: Path, models_dir: Path) -> None:
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DQ_", "AWS_"))}
+    env.update({"DQ_MODELS_DIR": str(models_dir), "DQ_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "dq", "up", "--api-port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        wait_until(lambda: b"dq: ready" in (tmp_path / "up.log").read_bytes(), 120, "dq up", up)
+        secret = tmp_path / ".dq-webhook-secret"
+        assert secret.read_text().strip().startswith("whsec_") and secret.stat().st_mode & 0o077 == 0
+
+        done = dq(
+            api, "submit", "a pig with wings", "--steps", "3", "--seed", "5", "--wait", "-o", "pig.png", cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+        job = json.loads(done.stdout)
+        assert job["status"] == "succeeded" and job["input"]["seed"] == 5
+        assert (tmp_path / "pig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        status = dq(api, "status", job["id"], cwd=tmp_path)
+        assert json.loads(status.stdout)["id"] == job["id"]
+        refused = dq(api, "cancel", job["id"], cwd=tmp_path)
+        assert refused.returncode == 1 and "409" in refused.stderr
+        bad = dq(api, "submit", "x", "--width", "4000", cwd=tmp_path)
+        assert bad.returncode == 1 and "width" in bad.stderr
+        models = json.loads(dq(api, "models", cwd=tmp_path).stdout)["data"]
+        assert {m["name"] for m in models} >= {"tiny-sd", "tiny-static"}
+        assert next(m for m in models if m["name"] == "tiny-sd")["workers"]["ready"] == 1
+
+        tree = descendants(up.pid)
+        assert len(tree) >= 5  # redis, weed, gunicorn (+ its workers), webhooks, launcher (+ worker)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(90) == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(alive(p) for p in tree):
+            time.sleep(0.2)
+        assert not [p for p in tree if alive(p)]
+    finally:
+        stop_process(up, grace_s=60)
