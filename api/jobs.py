@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from kombu.exceptions import OperationalError
 
 from api.services import services
 from jobs.errors import (
@@ -14,13 +13,11 @@ from jobs.errors import (
     IdempotencyConflict,
     InvalidTransition,
     JobNotFound,
-    ServiceUnavailable,
     ValidationFailed,
 )
 from jobs.models import JobStatus
 from jobs.store import JobRecord
 from jobs.submit import new_job_id, prepare_job
-from jobs.transport import enqueue
 from jobs.view import render_job
 from webhooks.ssrf import WebhookURLRefused, check_webhook_url
 
@@ -67,14 +64,8 @@ def create_job() -> Response:
                 [FieldError("Idempotency-Key", f"already used for job {result.job_id}")],
             )
         return _job_response(result.job_id, 200)
-    try:
-        enqueue(svc.celery, job_id, prepared.model)
-    except OperationalError as exc:
-        # The job hash exists and stays queued; the reconciler re-publishes queued jobs
-        # whose message never reached the broker.
-        raise ServiceUnavailable(f"the job {job_id} was stored but could not be queued yet: {exc}") from exc
-    svc.store.mark_published(job_id)
-    return _job_response(job_id, 202)
+    assert result.record is not None  # created: the store hands back what it wrote
+    return _render(result.record, result.queue_position, 202)
 
 
 @bp.get("/<job_id>")
@@ -107,11 +98,14 @@ def list_jobs() -> Response:
 
 
 def _job_response(job_id: str, status: int) -> Response:
-    svc = services()
-    record, position = svc.store.get_with_position(job_id)
+    record, position = services().store.get_with_position(job_id)
     if record is None:
         raise JobNotFound(f"no job with id {job_id!r}")
-    response = jsonify(render_job(record, position, svc.storage.presign))
+    return _render(record, position, status)
+
+
+def _render(record: JobRecord, position: int | None, status: int) -> Response:
+    response = jsonify(render_job(record, position, services().storage.presign))
     response.status_code = status
     response.headers["Location"] = f"/v1/jobs/{record.id}"
     return response

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-from celery import Celery
 from flask import Flask, current_app
 
 from jobs.capabilities import ModelCatalog
@@ -13,7 +12,6 @@ from jobs.keys import Keys
 from jobs.settings import Settings
 from jobs.storage import S3Storage
 from jobs.store import JobStore
-from jobs.transport import make_celery
 from jobs.workers import WorkerRegistry
 
 
@@ -24,14 +22,13 @@ class Services:
     store: JobStore
     workers: WorkerRegistry
     catalog: ModelCatalog
-    celery: Celery
     storage: S3Storage
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> Services:
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
-        )
+        )  # no retries here: a client told 503 retries itself (with its Idempotency-Key)
         keys = Keys(settings.key_prefix)
         services = cls(
             settings=settings,
@@ -39,7 +36,6 @@ class Services:
             store=JobStore(client, keys, retention_s=settings.job_retention_s),
             workers=WorkerRegistry(client, keys),
             catalog=ModelCatalog(settings.models_dir),
-            celery=make_celery(settings),
             storage=S3Storage(settings),
         )
         app.extensions["dq"] = services

@@ -6,7 +6,6 @@
 ``dq:queue:<model>``       zset   queued job ids per model, same score (queue position)
 ``dq:seq``                 string creation sequence counter
 ``dq:idem:<sha256>``       string idempotency record ``<job id> <request sha256>``
-``dq:unpublished``         zset   job ids whose Celery message is not known to be sent, score = time
 ``dq:worker:<name>``       string a worker's heartbeat, JSON (expires when the worker dies)
 ``dq:workers``             zset   worker names, score = last heartbeat time
 ``dq:reconciler``          string lock held by the one active reconciler
@@ -16,7 +15,8 @@
 ``dq:wh:wake``             list   one token while events wait: a blocked deliverer wakes at once
 ``dq:wh:attempts:<job id>`` hash  webhook message id -> attempts made at it since it was queued
 ``dq:deliveries:<job id>`` list   webhook delivery attempts of a job (JSON, oldest first)
-Celery queue per model: ``gen.<model>`` (a Redis list owned by kombu).
+Celery queue per model: ``gen.<model>``, kombu's Redis list; the job store LPUSHes messages to
+it in the script that creates or re-queues a job (``jobs/transport.py``).
 """
 
 from __future__ import annotations
@@ -47,9 +47,6 @@ class Keys:
     def idempotency(self, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"{self.prefix}:idem:{digest}"
-
-    def unpublished(self) -> str:
-        return f"{self.prefix}:unpublished"
 
     def reconciler_lock(self) -> str:
         return f"{self.prefix}:reconciler"

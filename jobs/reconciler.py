@@ -2,14 +2,14 @@
 across the fleet (a Redis lock); every worker process runs a candidate.
 
 Each tick, as the leader:
-1. running jobs whose lease expired (their worker died or hung) go back to ``queued`` and are
-   published again; the next start counts as another attempt (``max_attempts`` is enforced
-   when a worker claims it);
+1. running jobs whose lease expired (their worker died or hung) go back to ``queued`` with a
+   new broker message, in one script; the next start counts as another attempt
+   (``max_attempts`` is enforced when a worker claims it);
 2. running jobs past ``timeout_seconds`` (plus one lease of grace) fail as ``timeout``;
-3. queued jobs past ``ttl_seconds`` fail as ``expired``;
-4. queued jobs whose Celery message was never confirmed published (the API lost Redis between
-   writing the job and publishing it) are published.
-A duplicate message is harmless: a worker skips any job that is not ``queued``.
+3. queued jobs past ``ttl_seconds`` fail as ``expired``.
+A job and its message are always written together (``JobStore.create``), so there is no
+"created but never published" job to repair. A duplicate message (kombu restoring an
+unacknowledged one) is harmless: a worker skips any job that is not ``queued``.
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from celery import Celery
-from kombu.exceptions import OperationalError
 
 from jobs.models import JobStatus
 from jobs.store import JobStore
-from jobs.transport import enqueue
 
 log = logging.getLogger("dq.reconciler")
 QUEUED_SCAN = 200
@@ -53,29 +50,24 @@ class TickReport:
     canceled: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
-    published: list[str] = field(default_factory=list)
 
     def any(self) -> bool:
-        return any((self.requeued, self.canceled, self.timed_out, self.expired, self.published))
+        return any((self.requeued, self.canceled, self.timed_out, self.expired))
 
 
 class Reconciler:
     def __init__(
         self,
         store: JobStore,
-        celery: Celery,
         owner: str,
         *,
         interval_s: float = 2.0,
         lease_s: float = 30.0,
-        publish_grace_s: float = 5.0,
     ) -> None:
         self.store = store
-        self.celery = celery
         self.owner = owner
         self.interval_s = interval_s
         self.lease_s = lease_s
-        self.publish_grace_s = publish_grace_s
         self._lead = store.redis.register_script(_LEAD)
 
     def lead(self) -> bool:
@@ -87,7 +79,6 @@ class Reconciler:
         report = TickReport()
         self._running(now, report)
         self._queued(now, report)
-        self._unpublished(now, report)
         if report.any():
             log.info("reconciler: %s", report)
         return report
@@ -106,7 +97,6 @@ class Reconciler:
             outcome = self.store.requeue_if_lease_expired(job_id, record.model, now)
             if outcome == 1:
                 report.requeued.append(job_id)
-                self._publish(job_id, record.model, report)
             elif outcome == 2:
                 report.canceled.append(job_id)
 
@@ -126,23 +116,6 @@ class Reconciler:
                 if self.store.fail_queued(job_id, _text(model), "expired", message):
                     report.expired.append(job_id)
 
-    def _unpublished(self, now: float, report: TickReport) -> None:
-        for job_id in self.store.unpublished(older_than=now - self.publish_grace_s):
-            record = self.store.get(job_id)
-            if record is None or record.status is not JobStatus.QUEUED:
-                self.store.mark_published(job_id)
-                continue
-            self._publish(job_id, record.model, report)
-
-    def _publish(self, job_id: str, model: str, report: TickReport) -> None:
-        try:
-            enqueue(self.celery, job_id, model)
-        except OperationalError as exc:  # stays in the unpublished set: next tick tries again
-            log.warning("reconciler: publishing %s failed: %s", job_id, exc)
-            return
-        self.store.mark_published(job_id)
-        report.published.append(job_id)
-
 
 class ReconcilerThread(threading.Thread):
     """Runs a reconciler candidate next to a worker: ticks only while it holds the lock."""
@@ -157,7 +130,7 @@ class ReconcilerThread(threading.Thread):
             try:
                 if self.reconciler.lead():
                     self.reconciler.tick()
-            except (redis.RedisError, OperationalError) as exc:
+            except redis.RedisError as exc:
                 log.warning("reconciler: %s", exc)
             except Exception:  # never let the thread die silently
                 log.exception("reconciler tick failed")

@@ -59,7 +59,6 @@ class Settings:
     heartbeat_s: float = 2.0
     warmup: bool = True
     reconcile_interval_s: float = 2.0
-    publish_grace_s: float = 5.0  # a job unpublished this long is published by the reconciler
     emulated_seconds: float = 0.0  # DQ_BACKEND=emulated: seconds each job holds the "core"
     # Webhooks (`dq webhooks` delivers them; the API checks URLs against the allow-list)
     webhook_allowlist: str = ""  # hosts / CIDRs permitted although private or loopback

@@ -15,13 +15,14 @@ from typing import Any
 
 import redis
 
-from jobs.keys import Keys
+from jobs.keys import Keys, celery_queue
 from jobs.models import JobStatus
+from jobs.transport import task_message
 
 # Every transition script gets the same KEYS (see JobStore._keys):
 #   1 job hash   2-6 status indexes (queued, running, succeeded, failed, canceled)
 #   7 queue:<model>   8 webhook pending list   9 webhook events hash   10 webhook due zset
-#   11 unpublished zset   12 deliveries list   13 webhook wake-up list
+#   11 the model's broker list (Celery queue)   12 deliveries list   13 webhook wake-up list
 #   14 idempotency (create only)   15 seq   16 jobs
 # The prelude moves a job between status indexes and emits webhook events (an outbox written
 # in the same atomic step as the state it describes, so an event exists iff its state does).
@@ -54,7 +55,7 @@ local function retain(seconds)
 end
 """
 
-# ARGV: id, request sha256, idem ttl, now, field, value, ...
+# ARGV: id, request sha256, idem ttl, now, broker message, field, value, ...
 _CREATE = (
     _PRELUDE
     + r"""
@@ -63,15 +64,15 @@ if KEYS[14] ~= '' then
   if rec then return {0, rec} end
 end
 local seq = redis.call('INCR', KEYS[15])
-redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 6))
 redis.call('ZADD', KEYS[16], seq, ARGV[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('ZADD', KEYS[7], seq, ARGV[1])
-redis.call('ZADD', KEYS[11], ARGV[4], ARGV[1])
+redis.call('LPUSH', KEYS[11], ARGV[5])
 if KEYS[14] ~= '' then
   redis.call('SET', KEYS[14], ARGV[1] .. ' ' .. ARGV[2], 'EX', tonumber(ARGV[3]))
 end
-return {1, tostring(seq)}
+return {1, tostring(seq), redis.call('ZRANK', KEYS[7], ARGV[1])}
 """
 )
 
@@ -84,7 +85,6 @@ if not cur[1] then return {'missing', '0'} end
 if cur[1] ~= 'queued' then return {cur[1], cur[2] or '0'} end
 local attempts, seq, id = tonumber(cur[2] or '0'), cur[3], cur[4]
 redis.call('ZREM', KEYS[7], id)
-redis.call('ZREM', KEYS[11], id)
 if attempts >= tonumber(ARGV[4]) then
   local err = cjson.encode({type='max_attempts', message='gave up after ' .. attempts .. ' attempt(s); ' ..
     'the last one ended without a result (its worker died or lost its lease)'})
@@ -141,7 +141,6 @@ if ARGV[3] == 'succeeded' then
 end
 redis.call('HDEL', KEYS[1], 'lease_until')
 redis.call('ZREM', KEYS[7], cur[4])
-redis.call('ZREM', KEYS[11], cur[4])
 move(cur[4], cur[3], ARGV[2], ARGV[3])
 emit('job.' .. ARGV[3], ARGV[4])
 retain(ARGV[5])
@@ -158,7 +157,6 @@ if not cur[1] then return 'missing' end
 if cur[1] == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'completed_at', ARGV[1])
   redis.call('ZREM', KEYS[7], cur[3])
-  redis.call('ZREM', KEYS[11], cur[3])
   move(cur[3], cur[2], 'queued', 'canceled')
   emit('job.canceled', ARGV[1])
   retain(ARGV[2])
@@ -172,8 +170,9 @@ return cur[1]
 """
 )
 
-# ARGV: now, retention. running with an expired lease → queued again (keeps attempts and its
-# place in the queue); a job whose cancel was requested ends canceled instead.
+# ARGV: now, retention, broker message. running with an expired lease → queued again (keeps
+# attempts and its place in the queue) with a new message; a job whose cancel was requested
+# ends canceled instead.
 _REQUEUE = (
     _PRELUDE
     + r"""
@@ -191,7 +190,7 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'progress_step', 0)
 redis.call('HDEL', KEYS[1], 'lease_until', 'worker', 'started_at')
 move(cur[4], cur[3], 'running', 'queued')
 redis.call('ZADD', KEYS[7], cur[3], cur[4])
-redis.call('ZADD', KEYS[11], ARGV[1], cur[4])
+redis.call('LPUSH', KEYS[11], ARGV[3])
 return 1
 """
 )
@@ -261,6 +260,8 @@ class CreateResult:
     created: bool
     job_id: str
     request_hash: str  # the stored request's hash (differs from ours on a key reused)
+    record: JobRecord | None = None  # when created: the job as written (no read-back needed)
+    queue_position: int | None = None
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ class JobStore:
             k.webhook_pending(job_id),
             k.webhook_events(job_id),
             k.webhook_due(),
-            k.unpublished(),
+            celery_queue(model),
             k.deliveries(job_id),
             k.webhook_wake(),
         ]
@@ -327,7 +328,7 @@ class JobStore:
         extra: dict[str, str] | None = None,
         now: float | None = None,
     ) -> CreateResult:
-        """A new queued job, recorded as not yet published until ``mark_published``."""
+        """A new queued job and its broker message, in one atomic step (no orphan either way)."""
         created_at = now if now is not None else time.time()
         fields: dict[str, str] = {
             "id": job_id,
@@ -353,22 +354,15 @@ class JobStore:
             k.seq(),
             k.jobs(),
         ]
-        argv: list[str] = [job_id, request_hash, str(idempotency_ttl_s), repr(created_at)]
+        argv = [job_id, request_hash, str(idempotency_ttl_s), repr(created_at), task_message(job_id, model)]
         for name, value in fields.items():
             argv += [name, value]
-        created, value = self._create(keys=keys, args=argv)
-        if int(created) == 1:
-            return CreateResult(True, job_id, request_hash)
-        existing_id, _, existing_hash = _text(value).partition(" ")
+        reply = self._create(keys=keys, args=argv)
+        if int(reply[0]) == 1:
+            record = JobRecord.from_hash({**fields, "seq": _text(reply[1])})
+            return CreateResult(True, job_id, request_hash, record, int(reply[2]))
+        existing_id, _, existing_hash = _text(reply[1]).partition(" ")
         return CreateResult(False, existing_id, existing_hash)
-
-    def mark_published(self, job_id: str) -> None:
-        """The job's Celery message reached the broker: the reconciler needn't publish it."""
-        self.redis.zrem(self.keys.unpublished(), job_id)
-
-    def unpublished(self, older_than: float, limit: int = 100) -> list[str]:
-        ids = self.redis.zrangebyscore(self.keys.unpublished(), "-inf", older_than, start=0, num=limit)
-        return [_text(i) for i in ids]  # type: ignore[union-attr]
 
     # -- reads ----------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
@@ -463,9 +457,10 @@ class JobStore:
         return _text(self._cancel(keys=self._keys(job_id, model), args=[repr(time.time()), str(self.retention_s)]))
 
     def requeue_if_lease_expired(self, job_id: str, model: str, now: float | None = None) -> int:
-        """1: back to queued (to be published again); 2: ended canceled; 0: lease still live."""
+        """1: back to queued with a new message; 2: ended canceled; 0: lease still live."""
         now = time.time() if now is None else now
-        return int(self._requeue(keys=self._keys(job_id, model), args=[repr(now), str(self.retention_s)]))
+        args = [repr(now), str(self.retention_s), task_message(job_id, model)]
+        return int(self._requeue(keys=self._keys(job_id, model), args=args))
 
     def _transition(
         self, job_id: str, model: str, attempt: int | None, source: JobStatus, target: JobStatus, **values: str

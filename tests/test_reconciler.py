@@ -1,5 +1,4 @@
-"""The reconciler against a real Redis: expired leases, timeouts, TTLs, unpublished jobs,
-one leader at a time."""
+"""The reconciler against a real Redis: expired leases, timeouts, TTLs, one leader at a time."""
 
 from __future__ import annotations
 
@@ -11,18 +10,15 @@ from jobs.models import JobStatus
 from jobs.reconciler import Reconciler
 from jobs.settings import Settings
 from jobs.store import JobStore
-from jobs.transport import make_celery
 
 
 def make(settings: Settings, client: redis.Redis, owner: str = "r1") -> tuple[JobStore, Reconciler]:
     store = JobStore(client)
-    return store, Reconciler(store, make_celery(settings), owner, lease_s=1.0, publish_grace_s=1.0)
+    return store, Reconciler(store, owner, lease_s=1.0)
 
 
-def add(store: JobStore, job_id: str, ttl: int = 3600, timeout: int = 600, published: bool = True) -> None:
+def add(store: JobStore, job_id: str, ttl: int = 3600, timeout: int = 600) -> None:
     store.create(job_id, "m", {"prompt": "p", "num_inference_steps": 4, "ttl_seconds": ttl, "timeout_seconds": timeout})
-    if published:
-        store.mark_published(job_id)
 
 
 def test_expired_lease_requeues_and_republishes(settings: Settings, redis_client: redis.Redis) -> None:
@@ -31,12 +27,14 @@ def test_expired_lease_requeues_and_republishes(settings: Settings, redis_client
     add(store, "j2")
     assert store.start("j1", "m", "dead-worker", lease_s=1).attempt == 1
     assert reconciler.tick(now=time.time()).requeued == []  # lease still live
+    assert redis_client.llen("gen.m") == 2  # both messages, written with the jobs
+    redis_client.rpop("gen.m")  # j1's message: a worker took it (and then died)
     report = reconciler.tick(now=time.time() + 5)
-    assert report.requeued == ["j1"] and report.published == ["j1"]
+    assert report.requeued == ["j1"]
     job, position = store.get_with_position("j1")
     assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 1 and job.worker is None
     assert position == 0  # back in its place, ahead of j2
-    assert redis_client.llen("gen.m") == 1  # a new message
+    assert redis_client.llen("gen.m") == 2  # j2's, and a new one for j1
     assert store.start("j1", "m", "w2", lease_s=30).attempt == 2
 
 
@@ -73,16 +71,6 @@ def test_ttl_expires_queued_jobs(settings: Settings, redis_client: redis.Redis) 
     assert short.error["type"] == "expired" and "ttl_seconds=10" in short.error["message"]
     assert long_ is not None and long_.status is JobStatus.QUEUED
     assert store.queue_depth("m") == 1
-
-
-def test_unpublished_jobs_are_published_once(settings: Settings, redis_client: redis.Redis) -> None:
-    store, reconciler = make(settings, redis_client)
-    add(store, "lost", published=False)
-    add(store, "fine", published=True)
-    assert reconciler.tick(now=time.time()).published == []  # within the grace period
-    assert reconciler.tick(now=time.time() + 5).published == ["lost"]
-    assert reconciler.tick(now=time.time() + 10).published == []
-    assert redis_client.llen("gen.m") == 1
 
 
 def test_one_leader_at_a_time(settings: Settings, redis_client: redis.Redis) -> None:

@@ -158,12 +158,7 @@ def run_worker(settings: Settings, model: str, cores: str = "") -> None:
         app = create_worker_app(settings, runner)
         reconciler = ReconcilerThread(
             Reconciler(
-                store,
-                app,
-                owner=f"{name}:{os.getpid()}",
-                interval_s=settings.reconcile_interval_s,
-                lease_s=settings.lease_s,
-                publish_grace_s=settings.publish_grace_s,
+                store, owner=f"{name}:{os.getpid()}", interval_s=settings.reconcile_interval_s, lease_s=settings.lease_s
             )
         )
         reconciler.start()
