@@ -379,6 +379,10 @@ class JobStore:
         rank: Any = self.redis.zrank(self.keys.queue(record.model), job_id)
         return record, (int(rank) if rank is not None else None)
 
+    def queued_messages(self, model: str) -> int:
+        """Messages waiting in the model's broker list (what a worker would take next)."""
+        return int(self.redis.llen(celery_queue(model)))
+
     def queue_depth(self, model: str) -> int:
         return int(self.redis.zcard(self.keys.queue(model)))
 

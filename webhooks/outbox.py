@@ -68,6 +68,13 @@ redis.call('ZADD', KEYS[1], ARGV[7], ARGV[1])
 return 'more'
 """
 
+# The head message of a job, its event and the attempts made at it, in one round trip.
+_HEAD = r"""
+local id = redis.call('LINDEX', KEYS[2], 0)
+if not id then return false end
+return {id, redis.call('HGET', KEYS[6], id) or '', redis.call('HGET', KEYS[3], id) or '0'}
+"""
+
 # ARGV: job id, now. A claimed job with nothing pending leaves the due set.
 _RELEASE = r"""
 if redis.call('LLEN', KEYS[2]) == 0 then
@@ -108,6 +115,7 @@ class Outbox:
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
         self._release = client.register_script(_RELEASE)
+        self._head = client.register_script(_HEAD)
         self._redeliver = client.register_script(_REDELIVER)
 
     def _job_keys(self, job_id: str) -> list[str]:
@@ -127,14 +135,10 @@ class Outbox:
         return [_text(i) for i in ids]
 
     def head(self, job_id: str) -> PendingMessage | None:
-        raw_id = self.redis.lindex(self.keys.webhook_pending(job_id), 0)
-        if raw_id is None:
+        reply = self._head(keys=self._job_keys(job_id))
+        if not reply:
             return None
-        msg_id = _text(raw_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(self.keys.webhook_events(job_id), msg_id)
-        pipe.hget(self.keys.webhook_attempts(job_id), msg_id)
-        raw_event, made = pipe.execute()
+        msg_id, raw_event, made = (_text(part) for part in reply)
         event = json.loads(raw_event) if raw_event else None
         return PendingMessage(job_id, msg_id, event, int(made or 0))
 
