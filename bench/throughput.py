@@ -4,13 +4,14 @@ this machine's cores."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
 
 import urllib3
 
-from bench.harness import Receiver, post_json, stack, summary_ms
+from bench.harness import Receiver, cpu_by_component, cpu_seconds, post_json, stack, summary_ms
 
 
 def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers: int = 2) -> dict[str, Any]:
@@ -19,7 +20,9 @@ def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers:
         s.start_webhooks()
         s.start_workers(workers, DQ_BACKEND="emulated", DQ_EMULATED_SECONDS="0")
         receiver = Receiver()
-        body = {"prompt": "noop", "num_inference_steps": 1, "webhook": receiver.url}
+        # Each client waits for its job's end: it subscribes to the terminal events only.
+        terminal = ["succeeded", "failed", "canceled"]
+        body = {"prompt": "noop", "num_inference_steps": 1, "webhook": receiver.url, "webhook_events_filter": terminal}
         latencies: list[float] = []
         lock = threading.Lock()
         stop = threading.Event()
@@ -41,6 +44,14 @@ def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers:
         for _ in range(20):  # warm-up
             receiver.wait_terminal(post_json(urllib3.PoolManager(), api + "/v1/jobs", body)["id"])
         threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
+        groups = {
+            "api": [p for p in s.procs if "gunicorn" in p.args],
+            "workers": [p for p in s.procs if "worker-process" in p.args],
+            "webhooks": [p for p in s.procs if "webhooks" in p.args],
+            "redis": [s.redis_service.proc],
+            "s3": [s.s3.proc],
+        }
+        cpu0, own0 = cpu_by_component(groups), cpu_seconds([os.getpid()])
         started = time.perf_counter()
         for t in threads:
             t.start()
@@ -49,6 +60,7 @@ def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers:
         with lock:
             done = len(latencies)
             elapsed = time.perf_counter() - started
+        cpu1, own1 = cpu_by_component(groups), cpu_seconds([os.getpid()])
         for t in threads:
             t.join(35)
         receiver.close()
@@ -61,4 +73,8 @@ def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers:
         "jobs_per_s": round(done / elapsed, 1),
         "latency": summary_ms(latencies),
         "errors": errors[:5],
+        "cpu_ms_per_job": {
+            **{k: round((cpu1[k] - cpu0[k]) / done * 1000, 2) for k in cpu0},
+            "clients+receiver": round((own1 - own0) / done * 1000, 2),
+        },
     }

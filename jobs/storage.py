@@ -1,7 +1,13 @@
-"""S3 output storage: one long-lived boto3 client per process, deterministic keys.
+"""S3 output storage: long-lived clients per process, deterministic keys.
 
 Presigned GET URLs are minted when a job is read, never stored. Credentials come from
 boto3's standard chain; ``DQ_S3_ENDPOINT_URL`` points at SeaweedFS / MinIO locally.
+
+Uploads — the one call on every job's path — skip boto3's client machinery: the request is
+signed with botocore's own SigV4 signer (``S3SigV4Auth``, credentials from the same chain,
+refreshed per request) and sent on one urllib3 pool. That is 0.34 ms of client CPU per 10 KB
+PUT instead of 0.82 ms, and 1.2 ms wall instead of 1.7 ms against SeaweedFS here
+(``docs/benchmarks.md``). Everything else (bucket checks, presigning) is plain boto3.
 """
 
 from __future__ import annotations
@@ -11,10 +17,14 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import boto3
+import urllib3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from jobs.models import OUTPUT_CONTENT_TYPES, output_extension
 from jobs.settings import Settings
@@ -36,15 +46,33 @@ class StoredObject:
     sha256: str
 
 
+class UploadFailed(Exception):
+    """S3 answered a PUT with an error status."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"S3 PUT answered {status}: {body[:300].decode(errors='replace')}")
+        self.status = status
+
+
 class S3Storage:
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.s3_bucket
         self.prefix = settings.s3_prefix
+        self.region = settings.s3_region
         self.presign_ttl_s = settings.s3_presign_ttl_s
         self.upload_retry_s = settings.s3_upload_retry_s
+        endpoint = settings.s3_endpoint_url.rstrip("/")
+        # Custom endpoints (SeaweedFS, MinIO) take path-style URLs; AWS takes virtual-hosted ones.
+        self._object_base = (
+            f"{endpoint}/{quote(self.bucket)}/"
+            if endpoint
+            else f"https://{self.bucket}.s3.{self.region}.amazonaws.com/"
+        )
+        self._credentials = boto3.session.Session().get_credentials()
+        self._http = urllib3.PoolManager(maxsize=16, retries=False, timeout=urllib3.Timeout(connect=5.0, read=30.0))
         config = Config(
             signature_version="s3v4",
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": "path" if endpoint else "virtual"},
             retries={"max_attempts": 2, "mode": "standard"},
             connect_timeout=5,
             read_timeout=30,
@@ -77,17 +105,27 @@ class S3Storage:
         while True:
             attempt += 1
             try:
-                self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, Metadata=metadata
-                )
+                self._put_object(key, body, content_type, metadata)
                 break
-            except (BotoCoreError, ClientError) as exc:
+            except (urllib3.exceptions.HTTPError, OSError, UploadFailed, BotoCoreError) as exc:
                 if time.monotonic() + delay_s > deadline or not _retryable(exc):
                     raise
                 log.warning("upload of %s failed (attempt %d): %s; retrying in %.1fs", key, attempt, exc, delay_s)
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
         return StoredObject(self.bucket, key, content_type, len(body), hashlib.sha256(body).hexdigest())
+
+    def _put_object(self, key: str, body: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        credentials = self._credentials.get_frozen_credentials() if self._credentials else None
+        if credentials is None:
+            raise NoCredentialsError()
+        url = self._object_base + quote(key)
+        headers = {"Content-Type": content_type, **{f"x-amz-meta-{k}": v for k, v in metadata.items()}}
+        request = AWSRequest(method="PUT", url=url, data=body, headers=headers)
+        S3SigV4Auth(credentials, "s3", self.region).add_auth(request)
+        reply = self._http.request("PUT", url, body=body, headers=dict(request.headers.items()))
+        if reply.status != 200:
+            raise UploadFailed(reply.status, reply.data)
 
     def presign(self, bucket: str, key: str) -> str | None:
         """A GET URL for one output; None (logged) when signing is impossible, e.g. no credentials:
@@ -104,6 +142,10 @@ class S3Storage:
 
 def _retryable(exc: Exception) -> bool:
     """Network errors, throttling and 5xx are worth retrying; access or bucket errors are not."""
+    if isinstance(exc, UploadFailed):
+        return exc.status >= 500 or exc.status in (408, 429)
+    if isinstance(exc, NoCredentialsError):
+        return False
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
