@@ -61,6 +61,11 @@ def run(workers: int = 48, job_s: float = 0.5, window_s: float = 20.0, steps: in
         done0, stats0, t0 = client.zcard("dq:jobs:succeeded"), commandstats(client), time.monotonic()
         time.sleep(window_s)
         done1, stats1, t1 = client.zcard("dq:jobs:succeeded"), commandstats(client), time.monotonic()
+        # Which of those commands crossed the network: MONITOR tells client commands from the
+        # ones our Lua scripts run (a short window: MONITOR itself costs Redis some CPU).
+        done_m0 = client.zcard("dq:jobs:succeeded")
+        sent, inner = monitor_counts(s.redis_url, 4.0)
+        done_m = client.zcard("dq:jobs:succeeded") - done_m0
         stop.set()
         thread.join()
     completed = done1 - done0

@@ -9,6 +9,7 @@
 ``dq:worker:<name>``       string a worker's heartbeat, JSON (expires when the worker dies)
 ``dq:workers``             zset   worker names, score = last heartbeat time
 ``dq:reconciler``          string lock held by the one active reconciler
+``dq:cancel``              pub/sub channel: ids of running jobs whose cancel was requested
 ``dq:wh:pending:<job id>`` list   webhook message ids of a job not yet delivered, in order
 ``dq:wh:events:<job id>``  hash   webhook message id -> event (type, timestamp, job snapshot)
 ``dq:wh:due``              zset   job ids whose first pending message is due, score = due time
@@ -47,6 +48,10 @@ class Keys:
     def idempotency(self, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"{self.prefix}:idem:{digest}"
+
+    def cancel_channel(self) -> str:
+        """Pub/sub channel on which a running job's cancel is announced to the workers."""
+        return f"{self.prefix}:cancel"
 
     def reconciler_lock(self) -> str:
         return f"{self.prefix}:reconciler"

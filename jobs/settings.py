@@ -55,7 +55,7 @@ class Settings:
     worker_name: str = ""
     torch_threads: int = 0
     lease_s: int = 30
-    progress_interval_s: float = 0.1  # a worker reports steps (and sees cancels) at most this often
+    progress_interval_s: float = 0.25  # a worker writes progress (and renews its lease) at most this often
     heartbeat_s: float = 2.0
     warmup: bool = True
     reconcile_interval_s: float = 2.0

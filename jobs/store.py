@@ -28,30 +28,41 @@ from jobs.transport import task_message
 # in the same atomic step as the state it describes, so an event exists iff its state does).
 _PRELUDE = r"""
 local IDX = {queued=KEYS[2], running=KEYS[3], succeeded=KEYS[4], failed=KEYS[5], canceled=KEYS[6]}
-local function move(id, seq, from, to)
-  redis.call('ZREM', IDX[from], id)
-  redis.call('ZADD', IDX[to], seq, id)
+-- The named fields of the job, with its id and webhook settings, in one HMGET.
+local function fetch(...)
+  local names = {...}
+  local values = redis.call('HMGET', KEYS[1], 'id', 'webhook', 'webhook_events_filter', unpack(names))
+  local job = {id=values[1], webhook=values[2], filter=values[3]}
+  for i, name in ipairs(names) do job[name] = values[i + 3] end
+  return job
 end
-local function emit(event, now)
-  local f = redis.call('HMGET', KEYS[1], 'webhook', 'webhook_events_filter', 'id')
-  if not f[1] then return end
+local function move(job, from, to)
+  redis.call('ZREM', IDX[from], job.id)
+  redis.call('ZADD', IDX[to], job.seq, job.id)
+end
+local function emit(job, event, now)
+  if not job.webhook then return end
   local short = string.sub(event, 5)
-  if f[2] then
-    if not string.find(f[2], '"' .. short .. '"', 1, true) then return end
+  if job.filter then
+    if not string.find(job.filter, '"' .. short .. '"', 1, true) then return end
   elseif short == 'progress' then
     return
   end
   local n = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
-  local msg = 'msg_' .. f[3] .. '_' .. n
+  local msg = 'msg_' .. job.id .. '_' .. n
   local flat = redis.call('HGETALL', KEYS[1])
-  local job = {}
-  for i = 1, #flat, 2 do job[flat[i]] = flat[i + 1] end
-  redis.call('HSET', KEYS[9], msg, cjson.encode({id=msg, type=event, timestamp=tonumber(now), job=job}))
-  if redis.call('RPUSH', KEYS[8], msg) == 1 then redis.call('ZADD', KEYS[10], now, f[3]) end
+  local snapshot = {}
+  for i = 1, #flat, 2 do snapshot[flat[i]] = flat[i + 1] end
+  redis.call('HSET', KEYS[9], msg, cjson.encode({id=msg, type=event, timestamp=tonumber(now), job=snapshot}))
+  if redis.call('RPUSH', KEYS[8], msg) == 1 then redis.call('ZADD', KEYS[10], now, job.id) end
   if redis.call('LLEN', KEYS[13]) == 0 then redis.call('RPUSH', KEYS[13], '1') end  -- wake a deliverer
 end
-local function retain(seconds)
-  for _, k in ipairs({KEYS[1], KEYS[9], KEYS[12]}) do redis.call('EXPIRE', k, seconds) end
+local function retain(job, seconds)
+  redis.call('EXPIRE', KEYS[1], seconds)
+  if job.webhook then
+    redis.call('EXPIRE', KEYS[9], seconds)
+    redis.call('EXPIRE', KEYS[12], seconds)
+  end
 end
 """
 
@@ -80,26 +91,26 @@ return {1, tostring(seq), redis.call('ZRANK', KEYS[7], ARGV[1])}
 _START = (
     _PRELUDE
     + r"""
-local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'seq', 'id', 'input')
-if not cur[1] then return {'missing', '0'} end
-if cur[1] ~= 'queued' then return {cur[1], cur[2] or '0'} end
-local attempts, seq, id = tonumber(cur[2] or '0'), cur[3], cur[4]
-redis.call('ZREM', KEYS[7], id)
+local job = fetch('status', 'attempts', 'seq', 'input')
+if not job.status then return {'missing', '0'} end
+if job.status ~= 'queued' then return {job.status, job.attempts or '0'} end
+local attempts = tonumber(job.attempts or '0')
+redis.call('ZREM', KEYS[7], job.id)
 if attempts >= tonumber(ARGV[4]) then
   local err = cjson.encode({type='max_attempts', message='gave up after ' .. attempts .. ' attempt(s); ' ..
     'the last one ended without a result (its worker died or lost its lease)'})
   redis.call('HSET', KEYS[1], 'status', 'failed', 'completed_at', ARGV[2], 'error', err)
-  move(id, seq, 'queued', 'failed')
-  emit('job.failed', ARGV[2])
-  retain(ARGV[5])
+  move(job, 'queued', 'failed')
+  emit(job, 'job.failed', ARGV[2])
+  retain(job, ARGV[5])
   return {'max_attempts', tostring(attempts)}
 end
 attempts = attempts + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'worker', ARGV[1],
   'started_at', ARGV[2], 'lease_until', ARGV[3], 'progress_step', 0)
-move(id, seq, 'queued', 'running')
-emit('job.started', ARGV[2])
-return {'started', tostring(attempts), cur[5]}
+move(job, 'queued', 'running')
+emit(job, 'job.started', ARGV[2])
+return {'started', tostring(attempts), job.input}
 """
 )
 
@@ -108,17 +119,31 @@ return {'started', tostring(attempts), cur[5]}
 _PROGRESS = (
     _PRELUDE
     + r"""
-local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'cancel_requested', 'progress_event_at')
-if cur[1] ~= 'running' or cur[2] ~= ARGV[1] then return 'lost' end
-redis.call('HSET', KEYS[1], 'progress_step', ARGV[2], 'lease_until', ARGV[3])
-if cur[3] == '1' then return 'cancel' end
-if tonumber(ARGV[4]) - tonumber(cur[4] or '0') >= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 'progress_event_at', ARGV[4])
-  emit('job.progress', ARGV[4])
+local job = fetch('status', 'attempts', 'cancel_requested', 'progress_event_at')
+if job.status ~= 'running' or job.attempts ~= ARGV[1] then return 'lost' end
+if job.cancel_requested == '1' then return 'cancel' end
+if tonumber(ARGV[4]) - tonumber(job.progress_event_at or '0') >= tonumber(ARGV[5]) and job.webhook then
+  redis.call('HSET', KEYS[1], 'progress_step', ARGV[2], 'lease_until', ARGV[3], 'progress_event_at', ARGV[4])
+  emit(job, 'job.progress', ARGV[4])
+else
+  redis.call('HSET', KEYS[1], 'progress_step', ARGV[2], 'lease_until', ARGV[3])
 end
 return 'ok'
 """
 )
+
+# KEYS: job, prefix of the per-model queue zsets (`dq:queue:`). The job and, if queued, its
+# position, read together: one round trip, and never "queued" with no position.
+_READ = r"""
+local flat = redis.call('HGETALL', KEYS[1])
+local status, model = nil, nil
+for i = 1, #flat, 2 do
+  if flat[i] == 'status' then status = flat[i + 1] elseif flat[i] == 'model' then model = flat[i + 1] end
+end
+local rank = false
+if status == 'queued' and model then rank = redis.call('ZRANK', KEYS[2] .. model, ARGV[1]) end
+return {flat, rank}
+"""
 
 # ARGV: attempt, lease_until. Renews a running job's lease for the attempt that holds it.
 _RENEW = r"""
@@ -129,44 +154,46 @@ return 1
 """
 
 # ARGV: attempt ('' = any attempt), required status, target status, now, retention, field, value, ...
+# A succeeded job's progress reads total/total (workers don't write the last step).
 _FINISH = (
     _PRELUDE
     + r"""
-local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'seq', 'id')
-if cur[1] ~= ARGV[2] then return 0 end
-if ARGV[1] ~= '' and cur[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'completed_at', ARGV[4], unpack(ARGV, 6))
-if ARGV[3] == 'succeeded' then
-  redis.call('HSET', KEYS[1], 'progress_step', redis.call('HGET', KEYS[1], 'progress_total'))
-end
-redis.call('HDEL', KEYS[1], 'lease_until')
-redis.call('ZREM', KEYS[7], cur[4])
-move(cur[4], cur[3], ARGV[2], ARGV[3])
-emit('job.' .. ARGV[3], ARGV[4])
-retain(ARGV[5])
+local job = fetch('status', 'attempts', 'seq', 'progress_step', 'progress_total')
+if job.status ~= ARGV[2] then return 0 end
+if ARGV[1] ~= '' and job.attempts ~= ARGV[1] then return 0 end
+local step = job.progress_step or '0'
+if ARGV[3] == 'succeeded' then step = job.progress_total end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'completed_at', ARGV[4], 'progress_step', step, unpack(ARGV, 6))
+if ARGV[2] == 'queued' then redis.call('ZREM', KEYS[7], job.id) end
+move(job, ARGV[2], ARGV[3])
+emit(job, 'job.' .. ARGV[3], ARGV[4])
+retain(job, ARGV[5])
 return 1
 """
 )
 
-# ARGV: now, retention. queued → canceled at once; running → flag for the worker.
+# ARGV: now, retention, cancel channel. queued → canceled at once; running → flag the job and
+# tell the workers (pub/sub: the one running it stops at its next step; the flag is the
+# fallback its next progress write reads).
 _CANCEL = (
     _PRELUDE
     + r"""
-local cur = redis.call('HMGET', KEYS[1], 'status', 'seq', 'id')
-if not cur[1] then return 'missing' end
-if cur[1] == 'queued' then
+local job = fetch('status', 'seq')
+if not job.status then return 'missing' end
+if job.status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'completed_at', ARGV[1])
-  redis.call('ZREM', KEYS[7], cur[3])
-  move(cur[3], cur[2], 'queued', 'canceled')
-  emit('job.canceled', ARGV[1])
-  retain(ARGV[2])
+  redis.call('ZREM', KEYS[7], job.id)
+  move(job, 'queued', 'canceled')
+  emit(job, 'job.canceled', ARGV[1])
+  retain(job, ARGV[2])
   return 'canceled'
 end
-if cur[1] == 'running' then
+if job.status == 'running' then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  redis.call('PUBLISH', ARGV[3], job.id)
   return 'cancel_requested'
 end
-return cur[1]
+return job.status
 """
 )
 
@@ -176,20 +203,19 @@ return cur[1]
 _REQUEUE = (
     _PRELUDE
     + r"""
-local cur = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'seq', 'id', 'cancel_requested')
-if cur[1] ~= 'running' or tonumber(cur[2] or '0') >= tonumber(ARGV[1]) then return 0 end
-if cur[5] == '1' then
+local job = fetch('status', 'lease_until', 'seq', 'cancel_requested')
+if job.status ~= 'running' or tonumber(job.lease_until or '0') >= tonumber(ARGV[1]) then return 0 end
+if job.cancel_requested == '1' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'completed_at', ARGV[1])
-  redis.call('HDEL', KEYS[1], 'lease_until')
-  move(cur[4], cur[3], 'running', 'canceled')
-  emit('job.canceled', ARGV[1])
-  retain(ARGV[2])
+  move(job, 'running', 'canceled')
+  emit(job, 'job.canceled', ARGV[1])
+  retain(job, ARGV[2])
   return 2
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'progress_step', 0)
 redis.call('HDEL', KEYS[1], 'lease_until', 'worker', 'started_at')
-move(cur[4], cur[3], 'running', 'queued')
-redis.call('ZADD', KEYS[7], cur[3], cur[4])
+move(job, 'running', 'queued')
+redis.call('ZADD', KEYS[7], job.seq, job.id)
 redis.call('LPUSH', KEYS[11], ARGV[3])
 return 1
 """
@@ -296,6 +322,7 @@ class JobStore:
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE)
+        self._read = client.register_script(_READ)
 
     def _keys(self, job_id: str, model: str) -> list[str]:
         k = self.keys
@@ -373,11 +400,11 @@ class JobStore:
 
     def get_with_position(self, job_id: str) -> tuple[JobRecord | None, int | None]:
         """The job and, when queued, how many queued jobs of its model are ahead of it."""
-        record = self.get(job_id)
-        if record is None or record.status is not JobStatus.QUEUED:
-            return record, None
-        rank: Any = self.redis.zrank(self.keys.queue(record.model), job_id)
-        return record, (int(rank) if rank is not None else None)
+        flat, rank = self._read(keys=[self.keys.job(job_id), self.keys.queue("")], args=[job_id])
+        if not flat:
+            return None, None
+        raw = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return JobRecord.from_hash(raw), (int(rank) if rank is not None else None)
 
     def queued_messages(self, model: str) -> int:
         """Messages waiting in the model's broker list (what a worker would take next)."""
@@ -458,7 +485,8 @@ class JobStore:
 
     def cancel(self, job_id: str, model: str) -> str:
         """'canceled' (was queued), 'cancel_requested' (running), else the terminal status."""
-        return _text(self._cancel(keys=self._keys(job_id, model), args=[repr(time.time()), str(self.retention_s)]))
+        args = [repr(time.time()), str(self.retention_s), self.keys.cancel_channel()]
+        return _text(self._cancel(keys=self._keys(job_id, model), args=args))
 
     def requeue_if_lease_expired(self, job_id: str, model: str, now: float | None = None) -> int:
         """1: back to queued with a new message; 2: ended canceled; 0: lease still live."""

@@ -28,7 +28,7 @@ from jobs.transport import GENERATE_TASK, make_celery
 from jobs.workers import WorkerInfo, WorkerRegistry
 from worker.pipelines import load_backend
 from worker.pipelines.base import Backend, GenerationRequest
-from worker.runner import Finisher, InFlight, Runner, RunnerConfig
+from worker.runner import CancelRequests, Finisher, InFlight, Runner, RunnerConfig
 
 log = logging.getLogger("dq.worker")
 
@@ -59,6 +59,40 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
             self.beat()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+class CancelListener(threading.Thread):
+    """Subscribes to the cancel channel and records announcements for jobs this process runs.
+    Reconnects by itself; anything missed meanwhile is caught by the next progress write."""
+
+    def __init__(self, client: redis.Redis, channel: str, in_flight: InFlight, cancels: CancelRequests) -> None:
+        super().__init__(name="dq-cancels", daemon=True)
+        self.client = client
+        self.channel = channel
+        self.in_flight = in_flight
+        self.cancels = cancels
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.channel)
+                while not self._stop_event.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    job_id = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
+                    if job_id in self.in_flight.snapshot():
+                        self.cancels.add(job_id)
+            except redis.RedisError as exc:
+                log.warning("cancel listener: %s; resubscribing", exc)
+                self._stop_event.wait(1.0)
+            finally:
+                pubsub.close()
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -154,7 +188,15 @@ def run_worker(settings: Settings, model: str, cores: str = "") -> None:
             max_attempts=settings.max_attempts,
             progress_interval_s=settings.progress_interval_s,
         )
-        runner = Runner(store, backend, finisher, config, worker_info, in_flight)
+        cancels = CancelRequests()
+        listener = CancelListener(
+            redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30),
+            keys.cancel_channel(),
+            in_flight,
+            cancels,
+        )
+        listener.start()
+        runner = Runner(store, backend, finisher, config, worker_info, in_flight, cancels)
         app = create_worker_app(settings, runner)
         reconciler = ReconcilerThread(
             Reconciler(
@@ -193,6 +235,7 @@ def run_worker(settings: Settings, model: str, cores: str = "") -> None:
             # Warm shutdown (Celery may leave through SystemExit): store what was generated.
             finisher.drain()
             reconciler.stop()
+            listener.stop()
     finally:
         heartbeat.stop()
         try:
