@@ -234,6 +234,9 @@ def create_bucket(endpoint_url: str, bucket: str, access_key: str, secret_key: s
             client.put_object(Bucket=bucket, Key=".dq-ready", Body=b"ok")
             return
         except (BotoCoreError, ClientError) as exc:
+            code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+            if code in ("InvalidBucketName", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise RuntimeError(f"S3 bucket {bucket!r}: {exc}") from exc
             if time.monotonic() > deadline:
                 raise RuntimeError(f"S3 bucket {bucket!r} not ready: {exc}") from exc
             time.sleep(0.5)
