@@ -25,6 +25,7 @@ from dq.services import (
     Service,
     create_bucket,
     free_port,
+    process_tree,
     s3_env,
     start_redis,
     start_seaweedfs,
@@ -203,10 +204,10 @@ class Stack:
 
 @contextmanager
 def stack(models_dir: Path | None = None, **env: str) -> Iterator[Stack]:
-    from worker.pipelines.tiny import ensure_tiny_model
+    from worker.pipelines.tiny import EMBEDDED_MODEL, ensure_embedded_model
 
     models = models_dir or ROOT / "compiled"
-    ensure_tiny_model(models / "tiny-sd")
+    ensure_embedded_model(models, EMBEDDED_MODEL)
     with tempfile.TemporaryDirectory(prefix="dq-bench-") as tmp:
         workdir = Path(tmp)
         redis_service = start_redis(workdir / "redis")
@@ -244,24 +245,6 @@ def post_json(http: urllib3.PoolManager, url: str, body: dict[str, Any]) -> dict
 def get_json(http: urllib3.PoolManager, url: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(http.request("GET", url).data)
     return result
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and every process below it (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [pid], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -133,11 +133,13 @@ def _interrupt_on_signals() -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from worker.pipelines.tiny import ensure_embedded_model
+
     _interrupt_on_signals()
     from dq.stack import LocalStack, local_webhook_env, sleep_forever
 
     settings = Settings.from_env()
-    _ensure_default_model(settings)
+    ensure_embedded_model(settings.models_dir, settings.default_model)  # no-op for other models
     env = local_webhook_env(os.environ, Path.cwd(), out=sys.stderr)
     with LocalStack(settings, api_port=args.api_port, workers=args.workers or None, env=env) as stack:
         stack.wait_ready()
@@ -150,11 +152,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from worker.pipelines.tiny import ensure_embedded_model
+
     _interrupt_on_signals()
     from dq.stack import LocalStack, local_webhook_env
 
     settings = Settings.from_env()
-    _ensure_default_model(settings)
+    ensure_embedded_model(settings.models_dir, settings.default_model)  # no-op for other models
     env = local_webhook_env(os.environ, Path.cwd(), out=sys.stderr)
     log_path = Path(".dq-demo.log")
     with log_path.open("w") as log_sink, LocalStack(settings, sink=log_sink, env=env) as stack:
@@ -325,13 +329,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     print_json(Client(args.api).models())
     return 0
-
-
-def _ensure_default_model(settings: Settings) -> None:
-    from worker.pipelines.tiny import ensure_tiny_model
-
-    if settings.default_model == "tiny-sd":
-        ensure_tiny_model(settings.models_dir / "tiny-sd")
 
 
 if __name__ == "__main__":

@@ -77,14 +77,14 @@ class LocalStack:
         if "DQ_REDIS_URL" in os.environ:
             env["DQ_REDIS_URL"] = os.environ["DQ_REDIS_URL"]
         else:
-            redis_service = start_redis(self.workdir / "redis", stdout=self._pipe_for("redis"))
+            redis_service = start_redis(self.workdir / "redis", stdout=subprocess.PIPE)
             self._adopt(redis_service)
             env["DQ_REDIS_URL"] = redis_service.url
         # 2. S3: the configured endpoint, else SeaweedFS with a bucket made for us.
         if "DQ_S3_ENDPOINT_URL" in os.environ:
             env["DQ_S3_ENDPOINT_URL"] = os.environ["DQ_S3_ENDPOINT_URL"]
         else:
-            s3_service = start_seaweedfs(self.workdir / "s3", stdout=self._pipe_for("s3"))
+            s3_service = start_seaweedfs(self.workdir / "s3", stdout=subprocess.PIPE)
             self._adopt(s3_service)
             env.update(s3_env(s3_service, self.settings.s3_bucket))
             create_bucket(
@@ -167,9 +167,6 @@ class LocalStack:
         stream = service.proc.stdout
         if stream is not None:
             LogPump(service.name, stream, self.sink, self._lock).start()
-
-    def _pipe_for(self, name: str) -> int:
-        return subprocess.PIPE
 
     def __enter__(self) -> LocalStack:
         try:

@@ -55,9 +55,3 @@ class InvalidTransition(DQError):
     status = 409
     title = "Conflict with the job's state"
     slug = "conflict"
-
-
-class ServiceUnavailable(DQError):
-    status = 503
-    title = "Service unavailable"
-    slug = "unavailable"

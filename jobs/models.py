@@ -55,14 +55,6 @@ class JobRequest(BaseModel):
     webhook: str | None = Field(default=None, max_length=2048)
     webhook_events_filter: list[Literal["started", "progress", "succeeded", "failed", "canceled"]] | None = None
 
-    @field_validator("guidance_scale", mode="before")
-    @classmethod
-    def _accept_int_guidance(cls, value: Any) -> Any:
-        # strict mode refuses 7 for a float field; an integer guidance scale is not an error.
-        if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -50,7 +50,6 @@ def prepare_job(
     body: Any,
     catalog: ModelCatalog,
     default_model: str,
-    seed: int | None = None,
     *,
     ttl_s: int = 86_400,
     timeout_s: int = 600,
@@ -67,9 +66,7 @@ def prepare_job(
     shape, errors = resolve_shape(info, request.width, request.height, request.num_images, request.guidance_scale)
     if shape is None:
         raise ValidationFailed(f"model {model_name!r} cannot run this request: " + errors[0].message, errors)
-    drawn = (
-        request.seed if request.seed is not None else (seed if seed is not None else secrets.randbelow(MAX_SEED + 1))
-    )
+    drawn = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     job_input = {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,

@@ -11,28 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from dq.services import free_port, stop_process, wait_until
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (from /proc), however it was detached into its own session."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+from dq.services import free_port, process_tree, stop_process, wait_until
 
 
 def alive(pid: int) -> bool:
@@ -86,7 +65,7 @@ def test_dq_up_serves_the_client_commands_and_stops_clean(tmp_path: Path, models
         assert {m["name"] for m in models} >= {"tiny-sd", "tiny-static"}
         assert next(m for m in models if m["name"] == "tiny-sd")["workers"]["ready"] == 1
 
-        tree = descendants(up.pid)
+        tree = set(process_tree(up.pid)) - {up.pid}
         assert len(tree) >= 5  # redis, weed, gunicorn (+ its workers), webhooks, launcher (+ worker)
         up.send_signal(signal.SIGTERM)
         assert up.wait(90) == 0

@@ -28,6 +28,7 @@ from jobs.transport import GENERATE_TASK, make_celery
 from jobs.workers import WorkerInfo, WorkerRegistry
 from worker.pipelines import load_backend
 from worker.pipelines.base import Backend, GenerationRequest
+from worker.pipelines.tiny import ensure_embedded_model
 from worker.runner import CancelRequests, Finisher, InFlight, Runner, RunnerConfig
 
 log = logging.getLogger("dq.worker")
@@ -146,12 +147,8 @@ def resilient_redis(url: str) -> redis.Redis:
 def run_worker(settings: Settings, model: str, cores: str = "") -> None:
     """Blocks until the worker is shut down (SIGTERM / SIGINT: warm shutdown)."""
     name = settings.worker_name or default_worker_name(model, cores)
-    info_path = settings.models_dir / model
-    if model == "tiny-sd" and not (info_path / "model_index.json").exists():
-        from worker.pipelines.tiny import ensure_tiny_model
-
-        ensure_tiny_model(info_path)
-    model_info = read_model(info_path)
+    ensure_embedded_model(settings.models_dir, model)
+    model_info = read_model(settings.models_dir / model)
     client = resilient_redis(settings.redis_url)
     keys = Keys(settings.key_prefix)
     registry = WorkerRegistry(client, keys)

@@ -65,10 +65,6 @@ class InFlight:
     lock: threading.Lock = field(default_factory=threading.Lock)
     jobs: dict[str, int] = field(default_factory=dict)
 
-    def __len__(self) -> int:
-        with self.lock:
-            return len(self.jobs)
-
     def add(self, job_id: str, attempt: int) -> None:
         with self.lock:
             self.jobs[job_id] = attempt

@@ -163,6 +163,16 @@ def declare_static_shape(model_dir: Path, shape: StaticShape) -> None:
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+EMBEDDED_MODEL = "tiny-sd"  # the default model, built on demand rather than shipped
+
+
+def ensure_embedded_model(models_dir: Path, name: str) -> None:
+    """Build the embedded model when ``name`` is it and it is missing; other models are the
+    operator's to compile."""
+    if name == EMBEDDED_MODEL:
+        ensure_tiny_model(models_dir / name)
+
+
 def ensure_tiny_model(out_dir: Path, static: StaticShape | None = None) -> Path:
     if (out_dir / "model_index.json").is_file():
         return out_dir
