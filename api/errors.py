@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from jobs.errors import DQError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dq.api")
 PROBLEM_BASE = "https://diffusion-queue.dev/problems/"
 
 

@@ -13,10 +13,11 @@ from jobs.errors import (
     IdempotencyConflict,
     InvalidTransition,
     JobNotFound,
+    MalformedJSON,
     ValidationFailed,
 )
 from jobs.models import JobStatus
-from jobs.store import JobRecord
+from jobs.store import CancelOutcome, JobRecord
 from jobs.submit import new_job_id, prepare_job
 from jobs.view import render_job
 from webhooks.ssrf import WebhookURLRefused, check_webhook_url
@@ -79,11 +80,11 @@ def cancel_job(job_id: str) -> Response:
     Already canceled: 200 (idempotent). Succeeded or failed: 409."""
     record = find_job(job_id)
     outcome = services().store.cancel(job_id, record.model)
-    if outcome == "missing":
+    if outcome is CancelOutcome.MISSING:
         raise JobNotFound(f"no job with id {job_id!r}")
-    if outcome in ("succeeded", "failed"):
-        raise InvalidTransition(f"job {job_id} already {outcome}; only queued or running jobs can be canceled")
-    return _job_response(job_id, 202 if outcome == "cancel_requested" else 200)
+    if outcome in (CancelOutcome.SUCCEEDED, CancelOutcome.FAILED):
+        raise InvalidTransition(f"job {job_id} already {outcome.value}; only queued or running jobs can be canceled")
+    return _job_response(job_id, 202 if outcome is CancelOutcome.CANCEL_REQUESTED else 200)
 
 
 @bp.get("")
@@ -129,12 +130,6 @@ def _json_body() -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJSON(f"the body is not valid JSON: {exc}", [FieldError("body", "malformed JSON")]) from exc
-
-
-class MalformedJSON(ValidationFailed):
-    status = 400
-    title = "Malformed JSON"
-    slug = "malformed-json"
 
 
 def _status_arg(raw: str | None) -> JobStatus | None:

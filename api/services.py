@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import redis
 from flask import Flask, current_app
 
 from jobs.capabilities import ModelCatalog
+from jobs.connections import Role, create_redis
 from jobs.keys import Keys
 from jobs.settings import Settings
 from jobs.storage import S3Storage
@@ -26,20 +28,31 @@ class Services:
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> Services:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
-        )  # no retries here: a client told 503 retries itself (with its Idempotency-Key)
+        client = create_redis(settings, Role.API)
         keys = Keys(settings.key_prefix)
         services = cls(
             settings=settings,
             redis=client,
-            store=JobStore(client, keys, retention_s=settings.job_retention_s),
+            store=JobStore(
+                client,
+                keys,
+                retention_s=settings.job_retention_s,
+                progress_event_interval_s=settings.progress_event_interval_s,
+            ),
             workers=WorkerRegistry(client, keys),
             catalog=ModelCatalog(settings.models_dir),
             storage=S3Storage(settings),
         )
         app.extensions["dq"] = services
+        # Closed with the app: when it is garbage-collected, or at interpreter exit (gunicorn's
+        # worker exit). Not per request (flaskr's teardown_appcontext): these clients are pooled.
+        weakref.finalize(app, services.close)
         return services
+
+    def close(self) -> None:
+        """Close the long-lived clients (Redis pool, S3 connections)."""
+        self.redis.close()
+        self.storage.close()
 
 
 def services() -> Services:

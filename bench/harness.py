@@ -21,17 +21,9 @@ from typing import Any
 import redis
 import urllib3
 
-from dq.services import (
-    Service,
-    create_bucket,
-    free_port,
-    process_tree,
-    s3_env,
-    start_redis,
-    start_seaweedfs,
-    stop_process,
-    wait_until,
-)
+from dq.procs import Service, free_port, process_tree, stop_process, wait_until
+from dq.redis_server import start_redis
+from dq.seaweedfs import create_bucket, s3_env, start_seaweedfs
 from jobs.keys import Keys
 from jobs.workers import WorkerRegistry
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -17,7 +16,6 @@ SEED_PROMPT = (
     "a pig with wings flying in floating US dollar banknotes in the air, skyscrapers behind, "
     "warm color palette, muted colors, detailed, 8k"
 )
-DEFAULT_API = "http://127.0.0.1:8000"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _api_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--api", default=os.environ.get("DQ_API_URL", DEFAULT_API), help="API base URL")
+    p.add_argument("--api", default=None, help="API base URL (default: $DQ_API_URL, else http://127.0.0.1:8000)")
+
+
+def _api_url(args: argparse.Namespace) -> str:
+    return str(args.api or Settings.from_env().api_url)
 
 
 def _interrupt_on_signals() -> None:
@@ -136,12 +138,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from worker.pipelines.tiny import ensure_embedded_model
 
     _interrupt_on_signals()
-    from dq.stack import LocalStack, local_webhook_env, sleep_forever
+    from dq.stack import LocalStack, sleep_forever, with_local_webhooks
 
-    settings = Settings.from_env()
+    settings = with_local_webhooks(Settings.from_env(), Path.cwd(), out=sys.stderr)
     ensure_embedded_model(settings.models_dir, settings.default_model)  # no-op for other models
-    env = local_webhook_env(os.environ, Path.cwd(), out=sys.stderr)
-    with LocalStack(settings, api_port=args.api_port, workers=args.workers or None, env=env) as stack:
+    with LocalStack(settings, api_port=args.api_port, workers=args.workers or None) as stack:
         stack.wait_ready()
         print(f"dq: ready — API on {stack.api_url}  (Ctrl-C stops everything)", file=sys.stderr)
         try:
@@ -155,13 +156,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from worker.pipelines.tiny import ensure_embedded_model
 
     _interrupt_on_signals()
-    from dq.stack import LocalStack, local_webhook_env
+    from dq.stack import LocalStack, with_local_webhooks
 
-    settings = Settings.from_env()
+    settings = with_local_webhooks(Settings.from_env(), Path.cwd(), out=sys.stderr)
     ensure_embedded_model(settings.models_dir, settings.default_model)  # no-op for other models
-    env = local_webhook_env(os.environ, Path.cwd(), out=sys.stderr)
     log_path = Path(".dq-demo.log")
-    with log_path.open("w") as log_sink, LocalStack(settings, sink=log_sink, env=env) as stack:
+    with log_path.open("w") as log_sink, LocalStack(settings, sink=log_sink) as stack:
         print(f"dq demo: stack up (logs in {log_path}); waiting for the worker to warm up…", file=sys.stderr)
         stack.wait_ready()
         client = Client(stack.api_url)
@@ -290,7 +290,7 @@ def _print_capabilities(path: Path) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    client = Client(args.api)
+    client = Client(_api_url(args))
     body: dict[str, Any] = {"prompt": args.prompt}
     for field, value in (
         ("model", args.model),
@@ -317,17 +317,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    print_json(Client(args.api).cancel(args.job_id))
+    print_json(Client(_api_url(args)).cancel(args.job_id))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print_json(Client(args.api).get(args.job_id))
+    print_json(Client(_api_url(args)).get(args.job_id))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    print_json(Client(args.api).models())
+    print_json(Client(_api_url(args)).models())
     return 0
 
 

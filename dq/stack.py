@@ -9,24 +9,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import urllib3
 
-from dq.services import (
-    Service,
-    child_env,
-    create_bucket,
-    free_port,
-    s3_env,
-    start_redis,
-    start_seaweedfs,
-    stop_process,
-    wait_until,
-)
+from dq.procs import Service, child_env, free_port, stop_process, wait_until
+from dq.redis_server import start_redis
+from dq.seaweedfs import create_bucket, s3_env, start_seaweedfs
 from jobs.settings import Settings
 
 WEBHOOK_SECRET_FILE = ".dq-webhook-secret"
@@ -53,16 +44,20 @@ class LogPump(threading.Thread):
 
 @dataclass
 class LocalStack:
+    """Starts what ``settings`` does not point at (Redis unless ``DQ_REDIS_URL`` is set, S3
+    unless ``DQ_S3_ENDPOINT_URL`` is), then the API, the deliverer and the workers, each
+    configured by the same settings (``Settings.to_env``)."""
+
     settings: Settings
     api_port: int = 0
     workers: int | None = 1  # None: let the launcher detect NeuronCores / GPUs
     sink: IO[str] = sys.stderr
     workdir: Path | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    _services: list[Service] = field(default_factory=list)
-    _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _tmp: tempfile.TemporaryDirectory[str] | None = None
+    services: list[Service] = field(default_factory=list, init=False)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list, init=False)
+    child_env: dict[str, str] = field(default_factory=dict, init=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
     @property
     def api_url(self) -> str:
@@ -70,27 +65,24 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         if self.workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="dq-stack-")
-            self.workdir = Path(self._tmp.name)
-        env: dict[str, str] = {"DQ_MODELS_DIR": str(self.settings.models_dir)}
+            self.tmp = tempfile.TemporaryDirectory(prefix="dq-stack-")
+            self.workdir = Path(self.tmp.name)
+        credentials: dict[str, str] = {}
         # 1. Redis: the configured one, else our own.
-        if "DQ_REDIS_URL" in os.environ:
-            env["DQ_REDIS_URL"] = os.environ["DQ_REDIS_URL"]
-        else:
+        if not self.settings.is_configured("redis_url"):
             redis_service = start_redis(self.workdir / "redis", stdout=subprocess.PIPE)
-            self._adopt(redis_service)
-            env["DQ_REDIS_URL"] = redis_service.url
+            self.adopt(redis_service)
+            self.settings = self.settings.with_(redis_url=redis_service.url)
         # 2. S3: the configured endpoint, else SeaweedFS with a bucket made for us.
-        if "DQ_S3_ENDPOINT_URL" in os.environ:
-            env["DQ_S3_ENDPOINT_URL"] = os.environ["DQ_S3_ENDPOINT_URL"]
-        else:
+        if not self.settings.is_configured("s3_endpoint_url"):
             s3_service = start_seaweedfs(self.workdir / "s3", stdout=subprocess.PIPE)
-            self._adopt(s3_service)
-            env.update(s3_env(s3_service, self.settings.s3_bucket))
+            self.adopt(s3_service)
+            credentials = s3_env(s3_service, self.settings.s3_bucket)
+            self.settings = self.settings.with_(s3_endpoint_url=s3_service.url)
             create_bucket(
                 s3_service.url, self.settings.s3_bucket, s3_service.extra["access_key"], s3_service.extra["secret_key"]
             )
-        self.env = {**env, **self.env}
+        self.child_env = {**self.settings.to_env(), **credentials}
         # 3. The API under gunicorn.
         self.api_port = self.api_port or free_port()
         self.spawn(
@@ -137,36 +129,37 @@ class LocalStack:
     def spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             cmd,
-            env=child_env({**self.env, **(extra_env or {})}),
+            env=child_env({**self.child_env, **(extra_env or {})}),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         assert proc.stdout is not None
-        LogPump(name, proc.stdout, self.sink, self._lock).start()
-        self._procs.append((name, proc))
+        LogPump(name, proc.stdout, self.sink, self.lock).start()
+        self.procs.append((name, proc))
         return proc
 
     def check_alive(self) -> list[str]:
-        return [name for name, proc in self._procs if proc.poll() is not None]
+        return [name for name, proc in self.procs if proc.poll() is not None]
 
     def stop(self) -> None:
         # Workers first (warm shutdown: the running job finishes), then the API, then services.
-        for name, proc in reversed(self._procs):
+        for name, proc in reversed(self.procs):
             stop_process(proc, grace_s=60 if name == "workers" else 10)
-        self._procs.clear()
-        for service in reversed(self._services):
+        self.procs.clear()
+        for service in reversed(self.services):
             service.stop()
-        self._services.clear()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        self.services.clear()
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
 
-    def _adopt(self, service: Service) -> None:
-        self._services.append(service)
+    def adopt(self, service: Service) -> None:
+        """Own a started service: its log goes to the sink, ``stop`` stops it."""
+        self.services.append(service)
         stream = service.proc.stdout
         if stream is not None:
-            LogPump(service.name, stream, self.sink, self._lock).start()
+            LogPump(service.name, stream, self.sink, self.lock).start()
 
     def __enter__(self) -> LocalStack:
         try:
@@ -179,17 +172,17 @@ class LocalStack:
         self.stop()
 
 
-def local_webhook_env(environ: Mapping[str, str], directory: Path, out: IO[str] | None = None) -> dict[str, str]:
+def with_local_webhooks(settings: Settings, directory: Path, out: IO[str] | None = None) -> Settings:
     """Webhook settings for a local stack: a signing secret (``DQ_WEBHOOK_SECRET``, else the one in
     ``<directory>/.dq-webhook-secret``, else a new one written there, mode 0600) and an allow-list
     of this machine's loopback names (local receivers), unless ``DQ_WEBHOOK_ALLOWLIST`` is set."""
     from webhooks.signing import check_secret, new_secret
 
-    env: dict[str, str] = {}
-    if "DQ_WEBHOOK_ALLOWLIST" not in environ:
-        env["DQ_WEBHOOK_ALLOWLIST"] = LOCAL_WEBHOOK_ALLOWLIST
-    if environ.get("DQ_WEBHOOK_SECRET"):
-        return env
+    changes: dict[str, str] = {}
+    if not settings.is_configured("webhook_allowlist"):
+        changes["webhook_allowlist"] = LOCAL_WEBHOOK_ALLOWLIST
+    if settings.webhook_secret:
+        return settings.with_(**changes)
     path = directory / WEBHOOK_SECRET_FILE
     secret = path.read_text().strip() if path.is_file() else ""
     try:
@@ -202,10 +195,9 @@ def local_webhook_env(environ: Mapping[str, str], directory: Path, out: IO[str] 
             os.fchmod(handle.fileno(), 0o600)
             handle.write(secret + "\n")
         verb = "wrote"
-    env["DQ_WEBHOOK_SECRET"] = secret
     if out is not None:
         print(f"dq: webhook signing secret: {verb} {path.resolve()} (verify deliveries with it)", file=out)
-    return env
+    return settings.with_(**changes, webhook_secret=secret)
 
 
 def sleep_forever(stack: LocalStack) -> None:

@@ -33,6 +33,12 @@ class ValidationFailed(DQError):
     slug = "validation"
 
 
+class MalformedJSON(ValidationFailed):
+    status = 400
+    title = "Malformed JSON"
+    slug = "malformed-json"
+
+
 class JobNotFound(DQError):
     status = 404
     title = "Job not found"

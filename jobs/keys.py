@@ -74,6 +74,18 @@ class Keys:
     def deliveries(self, job_id: str) -> str:
         return f"{self.prefix}:deliveries:{job_id}"
 
+    def outbox(self, job_id: str) -> dict[str, str]:
+        """The webhook outbox of one job, by the names every script that touches it uses
+        (``jobs/scripts.py`` writes events; ``webhooks/outbox.py`` delivers them)."""
+        return {
+            "wh_pending": self.webhook_pending(job_id),
+            "wh_events": self.webhook_events(job_id),
+            "wh_attempts": self.webhook_attempts(job_id),
+            "wh_due": self.webhook_due(),
+            "wh_wake": self.webhook_wake(),
+            "deliveries": self.deliveries(job_id),
+        }
+
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
 

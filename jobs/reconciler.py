@@ -19,29 +19,35 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
+from jobs.connections import as_text
+from jobs.lua import BoundScript, Script
 from jobs.models import JobStatus
-from jobs.store import JobStore
+from jobs.store import JobStore, RequeueOutcome
 
 log = logging.getLogger("dq.reconciler")
 QUEUED_SCAN = 200
 
-# KEYS: lock; ARGV: owner, ttl_ms. Take the lock if free, keep it if ours.
-_LEAD = """
-local holder = redis.call('GET', KEYS[1])
+LEAD = Script(
+    name="lead",
+    doc="take the reconciler lock if it is free, keep it if it is ours (1), else 0",
+    keys=("lock",),
+    args=("owner", "ttl_ms"),
+    body=r"""
+local holder = redis.call('GET', K.lock)
 if holder == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', K.lock, A.owner, 'PX', A.ttl_ms)
   return 1
 end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if holder == A.owner then
+  redis.call('PEXPIRE', K.lock, A.ttl_ms)
   return 1
 end
 return 0
-"""
+""",
+)
 
 
 @dataclass
@@ -68,11 +74,12 @@ class Reconciler:
         self.owner = owner
         self.interval_s = interval_s
         self.lease_s = lease_s
-        self._lead = store.redis.register_script(_LEAD)
+        self._lead = BoundScript(store.redis, LEAD)
 
     def lead(self) -> bool:
         ttl_ms = int(max(3 * self.interval_s, 5.0) * 1000)
-        return int(self._lead(keys=[self.store.keys.reconciler_lock()], args=[self.owner, ttl_ms])) == 1
+        answer = self._lead({"lock": self.store.keys.reconciler_lock()}, {"owner": self.owner, "ttl_ms": ttl_ms})
+        return int(answer) == 1
 
     def tick(self, now: float | None = None) -> TickReport:
         now = time.time() if now is None else now
@@ -95,9 +102,9 @@ class Reconciler:
                     report.timed_out.append(job_id)
                 continue
             outcome = self.store.requeue_if_lease_expired(job_id, record.model, now)
-            if outcome == 1:
+            if outcome is RequeueOutcome.REQUEUED:
                 report.requeued.append(job_id)
-            elif outcome == 2:
+            elif outcome is RequeueOutcome.CANCELED:
                 report.canceled.append(job_id)
 
     def _queued(self, now: float, report: TickReport) -> None:
@@ -113,7 +120,7 @@ class Reconciler:
             ttl = float(json.loads(raw_input).get("ttl_seconds") or 0)
             if ttl and now > float(created) + ttl:
                 message = f"waited in the queue longer than ttl_seconds={ttl:g}"
-                if self.store.fail_queued(job_id, _text(model), "expired", message):
+                if self.store.fail_queued(job_id, as_text(model), "expired", message):
                     report.expired.append(job_id)
 
 
@@ -137,7 +144,3 @@ class ReconcilerThread(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

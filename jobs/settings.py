@@ -31,6 +31,7 @@ class Settings:
     """Typed configuration; units are in the names."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    api_url: str = "http://127.0.0.1:8000"  # where the `dq` client commands find the API
     key_prefix: str = "dq"
     models_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "compiled")
     default_model: str = "tiny-sd"
@@ -56,10 +57,14 @@ class Settings:
     torch_threads: int = 0
     lease_s: int = 30
     progress_interval_s: float = 0.25  # a worker writes progress (and renews its lease) at most this often
+    progress_event_interval_s: float = 0.5  # `job.progress` webhook events at most this often per job
     heartbeat_s: float = 2.0
     warmup: bool = True
     reconcile_interval_s: float = 2.0
     emulated_seconds: float = 0.0  # DQ_BACKEND=emulated: seconds each job holds the "core"
+    # Set for each worker process by the launcher (`dq worker`); read here, never elsewhere.
+    neuron_rt_visible_cores: str = field(default="", metadata={"env": "NEURON_RT_VISIBLE_CORES"})
+    cuda_visible_devices: str = field(default="", metadata={"env": "CUDA_VISIBLE_DEVICES"})
     # Webhooks (`dq webhooks` delivers them; the API checks URLs against the allow-list)
     webhook_allowlist: str = ""  # hosts / CIDRs permitted although private or loopback
     webhook_secret: str = ""  # whsec_<base64>: signs every delivery (Standard Webhooks)
@@ -68,23 +73,49 @@ class Settings:
     webhook_concurrency: int = 16  # attempts in flight per `dq webhooks` process
     webhook_claim_timeout_s: float = 60.0  # a crashed deliverer's claim on a job comes back after this
 
+    # Names of the fields set explicitly (environment or overrides) rather than defaulted.
+    configured: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata={"env": ""})
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for f in fields(cls):
+        for f in setting_fields():
             raw = env.get(env_name(f.name))
             if raw is None:
                 continue
             values[f.name] = _coerce(f.name, f.type, raw)
         values.update(overrides)
-        return cls(**values)
+        return cls(**values, configured=frozenset(values))
 
     def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        return replace(self, **changes, configured=self.configured | frozenset(changes))
+
+    def is_configured(self, name: str) -> bool:
+        """Whether ``name`` was set explicitly (e.g. ``DQ_REDIS_URL``) instead of left at its default."""
+        return name in self.configured
+
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the environment variables ``from_env`` reads back (for child processes)."""
+        env: dict[str, str] = {}
+        for f in setting_fields():
+            value = getattr(self, f.name)
+            if f.metadata.get("env") and not value:
+                continue  # NEURON_RT_VISIBLE_CORES & co.: unset, not empty
+            env[env_name(f.name)] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return env
+
+
+def setting_fields() -> list[Any]:
+    """The fields that map to an environment variable."""
+    return [f for f in fields(Settings) if f.metadata.get("env", None) != ""]
 
 
 def env_name(field_name: str) -> str:
+    """``DQ_<FIELD>``, or the variable a field names itself (``NEURON_RT_VISIBLE_CORES``)."""
+    for f in fields(Settings):
+        if f.name == field_name and f.metadata.get("env"):
+            return str(f.metadata["env"])
     return "DQ_" + field_name.upper()
 
 

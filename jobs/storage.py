@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from jobs.models import OUTPUT_CONTENT_TYPES, output_extension
 from jobs.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dq.storage")
 
 
 def output_key(prefix: str, model: str, job_id: str, index: int, output_format: str) -> str:
@@ -126,6 +126,10 @@ class S3Storage:
         reply = self._http.request("PUT", url, body=body, headers=dict(request.headers.items()))
         if reply.status != 200:
             raise UploadFailed(reply.status, reply.data)
+
+    def close(self) -> None:
+        """Close the upload pool (boto3's clients close their own pools when collected)."""
+        self._http.clear()
 
     def presign(self, bucket: str, key: str) -> str | None:
         """A GET URL for one output; None (logged) when signing is impossible, e.g. no credentials:

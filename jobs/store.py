@@ -3,223 +3,60 @@
 The job hash is the source of truth; Celery only carries ``(job_id, model)``. Terminal
 states are final: every script re-checks the current status (and, for a running job, the
 attempt number it was started with, which fences out a stale worker) before it writes.
+The scripts are in ``jobs/scripts.py``; what each can answer is a ``str`` enum here.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from jobs import scripts
+from jobs.connections import as_text
 from jobs.keys import Keys, celery_queue
+from jobs.lua import BoundScript
 from jobs.models import JobStatus
 from jobs.transport import task_message
 
-# Every transition script gets the same KEYS (see JobStore._keys):
-#   1 job hash   2-6 status indexes (queued, running, succeeded, failed, canceled)
-#   7 queue:<model>   8 webhook pending list   9 webhook events hash   10 webhook due zset
-#   11 the model's broker list (Celery queue)   12 deliveries list   13 webhook wake-up list
-#   14 idempotency (create only)   15 seq   16 jobs
-# The prelude moves a job between status indexes and emits webhook events (an outbox written
-# in the same atomic step as the state it describes, so an event exists iff its state does).
-_PRELUDE = r"""
-local IDX = {queued=KEYS[2], running=KEYS[3], succeeded=KEYS[4], failed=KEYS[5], canceled=KEYS[6]}
--- The named fields of the job, with its id and webhook settings, in one HMGET.
-local function fetch(...)
-  local names = {...}
-  local values = redis.call('HMGET', KEYS[1], 'id', 'webhook', 'webhook_events_filter', unpack(names))
-  local job = {id=values[1], webhook=values[2], filter=values[3]}
-  for i, name in ipairs(names) do job[name] = values[i + 3] end
-  return job
-end
-local function move(job, from, to)
-  redis.call('ZREM', IDX[from], job.id)
-  redis.call('ZADD', IDX[to], job.seq, job.id)
-end
-local function emit(job, event, now)
-  if not job.webhook then return end
-  local short = string.sub(event, 5)
-  if job.filter then
-    if not string.find(job.filter, '"' .. short .. '"', 1, true) then return end
-  elseif short == 'progress' then
-    return
-  end
-  local n = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
-  local msg = 'msg_' .. job.id .. '_' .. n
-  local flat = redis.call('HGETALL', KEYS[1])
-  local snapshot = {}
-  for i = 1, #flat, 2 do snapshot[flat[i]] = flat[i + 1] end
-  redis.call('HSET', KEYS[9], msg, cjson.encode({id=msg, type=event, timestamp=tonumber(now), job=snapshot}))
-  if redis.call('RPUSH', KEYS[8], msg) == 1 then redis.call('ZADD', KEYS[10], now, job.id) end
-  if redis.call('LLEN', KEYS[13]) == 0 then redis.call('RPUSH', KEYS[13], '1') end  -- wake a deliverer
-end
-local function retain(job, seconds)
-  redis.call('EXPIRE', KEYS[1], seconds)
-  if job.webhook then
-    redis.call('EXPIRE', KEYS[9], seconds)
-    redis.call('EXPIRE', KEYS[12], seconds)
-  end
-end
-"""
 
-# ARGV: id, request sha256, idem ttl, now, broker message, field, value, ...
-_CREATE = (
-    _PRELUDE
-    + r"""
-if KEYS[14] ~= '' then
-  local rec = redis.call('GET', KEYS[14])
-  if rec then return {0, rec} end
-end
-local seq = redis.call('INCR', KEYS[15])
-redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 6))
-redis.call('ZADD', KEYS[16], seq, ARGV[1])
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-redis.call('ZADD', KEYS[7], seq, ARGV[1])
-redis.call('LPUSH', KEYS[11], ARGV[5])
-if KEYS[14] ~= '' then
-  redis.call('SET', KEYS[14], ARGV[1] .. ' ' .. ARGV[2], 'EX', tonumber(ARGV[3]))
-end
-return {1, tostring(seq), redis.call('ZRANK', KEYS[7], ARGV[1])}
-"""
-)
+class ClaimOutcome(str, enum.Enum):
+    """What ``JobStore.start`` did: started it, or why not (the job's status, or gone)."""
 
-# ARGV: worker, now, lease_until, max_attempts, retention
-_START = (
-    _PRELUDE
-    + r"""
-local job = fetch('status', 'attempts', 'seq', 'input')
-if not job.status then return {'missing', '0'} end
-if job.status ~= 'queued' then return {job.status, job.attempts or '0'} end
-local attempts = tonumber(job.attempts or '0')
-redis.call('ZREM', KEYS[7], job.id)
-if attempts >= tonumber(ARGV[4]) then
-  local err = cjson.encode({type='max_attempts', message='gave up after ' .. attempts .. ' attempt(s); ' ..
-    'the last one ended without a result (its worker died or lost its lease)'})
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'completed_at', ARGV[2], 'error', err)
-  move(job, 'queued', 'failed')
-  emit(job, 'job.failed', ARGV[2])
-  retain(job, ARGV[5])
-  return {'max_attempts', tostring(attempts)}
-end
-attempts = attempts + 1
-redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'worker', ARGV[1],
-  'started_at', ARGV[2], 'lease_until', ARGV[3], 'progress_step', 0)
-move(job, 'queued', 'running')
-emit(job, 'job.started', ARGV[2])
-return {'started', tostring(attempts), job.input}
-"""
-)
+    STARTED = "started"
+    MAX_ATTEMPTS = "max_attempts"  # out of attempts: the claim failed the job instead
+    MISSING = "missing"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
 
-# ARGV: attempt, step, lease_until, now, progress event interval
-# Returns 'ok', 'cancel' (a cancel was requested) or 'lost' (this attempt no longer owns it).
-_PROGRESS = (
-    _PRELUDE
-    + r"""
-local job = fetch('status', 'attempts', 'cancel_requested', 'progress_event_at')
-if job.status ~= 'running' or job.attempts ~= ARGV[1] then return 'lost' end
-if job.cancel_requested == '1' then return 'cancel' end
-if tonumber(ARGV[4]) - tonumber(job.progress_event_at or '0') >= tonumber(ARGV[5]) and job.webhook then
-  redis.call('HSET', KEYS[1], 'progress_step', ARGV[2], 'lease_until', ARGV[3], 'progress_event_at', ARGV[4])
-  emit(job, 'job.progress', ARGV[4])
-else
-  redis.call('HSET', KEYS[1], 'progress_step', ARGV[2], 'lease_until', ARGV[3])
-end
-return 'ok'
-"""
-)
 
-# KEYS: job, prefix of the per-model queue zsets (`dq:queue:`). The job and, if queued, its
-# position, read together: one round trip, and never "queued" with no position.
-_READ = r"""
-local flat = redis.call('HGETALL', KEYS[1])
-local status, model = nil, nil
-for i = 1, #flat, 2 do
-  if flat[i] == 'status' then status = flat[i + 1] elseif flat[i] == 'model' then model = flat[i + 1] end
-end
-local rank = false
-if status == 'queued' and model then rank = redis.call('ZRANK', KEYS[2] .. model, ARGV[1]) end
-return {flat, rank}
-"""
+class ProgressAnswer(str, enum.Enum):
+    """What a running job's worker is told when it reports a step."""
 
-# ARGV: attempt, lease_until. Renews a running job's lease for the attempt that holds it.
-_RENEW = r"""
-local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts')
-if cur[1] ~= 'running' or cur[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
-return 1
-"""
+    OK = "ok"
+    CANCEL = "cancel"  # a cancel was requested: stop
+    LOST = "lost"  # this attempt no longer holds the job: abandon it
 
-# ARGV: attempt ('' = any attempt), required status, target status, now, retention, field, value, ...
-# A succeeded job's progress reads total/total (workers don't write the last step).
-_FINISH = (
-    _PRELUDE
-    + r"""
-local job = fetch('status', 'attempts', 'seq', 'progress_step', 'progress_total')
-if job.status ~= ARGV[2] then return 0 end
-if ARGV[1] ~= '' and job.attempts ~= ARGV[1] then return 0 end
-local step = job.progress_step or '0'
-if ARGV[3] == 'succeeded' then step = job.progress_total end
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'completed_at', ARGV[4], 'progress_step', step, unpack(ARGV, 6))
-if ARGV[2] == 'queued' then redis.call('ZREM', KEYS[7], job.id) end
-move(job, ARGV[2], ARGV[3])
-emit(job, 'job.' .. ARGV[3], ARGV[4])
-retain(job, ARGV[5])
-return 1
-"""
-)
 
-# ARGV: now, retention, cancel channel. queued → canceled at once; running → flag the job and
-# tell the workers (pub/sub: the one running it stops at its next step; the flag is the
-# fallback its next progress write reads).
-_CANCEL = (
-    _PRELUDE
-    + r"""
-local job = fetch('status', 'seq')
-if not job.status then return 'missing' end
-if job.status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'completed_at', ARGV[1])
-  redis.call('ZREM', KEYS[7], job.id)
-  move(job, 'queued', 'canceled')
-  emit(job, 'job.canceled', ARGV[1])
-  retain(job, ARGV[2])
-  return 'canceled'
-end
-if job.status == 'running' then
-  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
-  redis.call('PUBLISH', ARGV[3], job.id)
-  return 'cancel_requested'
-end
-return job.status
-"""
-)
+class CancelOutcome(str, enum.Enum):
+    CANCELED = "canceled"  # was queued (or already canceled)
+    CANCEL_REQUESTED = "cancel_requested"  # running: its worker stops at the next step
+    MISSING = "missing"
+    SUCCEEDED = "succeeded"  # too late: already finished
+    FAILED = "failed"
 
-# ARGV: now, retention, broker message. running with an expired lease → queued again (keeps
-# attempts and its place in the queue) with a new message; a job whose cancel was requested
-# ends canceled instead.
-_REQUEUE = (
-    _PRELUDE
-    + r"""
-local job = fetch('status', 'lease_until', 'seq', 'cancel_requested')
-if job.status ~= 'running' or tonumber(job.lease_until or '0') >= tonumber(ARGV[1]) then return 0 end
-if job.cancel_requested == '1' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'completed_at', ARGV[1])
-  move(job, 'running', 'canceled')
-  emit(job, 'job.canceled', ARGV[1])
-  retain(job, ARGV[2])
-  return 2
-end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'progress_step', 0)
-redis.call('HDEL', KEYS[1], 'lease_until', 'worker', 'started_at')
-move(job, 'running', 'queued')
-redis.call('ZADD', KEYS[7], job.seq, job.id)
-redis.call('LPUSH', KEYS[11], ARGV[3])
-return 1
-"""
-)
+
+class RequeueOutcome(str, enum.Enum):
+    REQUEUED = "requeued"  # back to queued with a new broker message
+    CANCELED = "canceled"  # its cancel had been requested: ended canceled instead
+    LEASE_LIVE = "lease_live"  # still running under a live lease (or no longer running)
 
 
 @dataclass
@@ -292,13 +129,13 @@ class CreateResult:
 
 @dataclass(frozen=True)
 class StartResult:
-    status: str  # 'started' when this call started it; otherwise the status that made it skip
+    status: ClaimOutcome
     attempt: int
     input: dict[str, Any] | None = None
 
     @property
     def started(self) -> bool:
-        return self.status == "started"
+        return self.status is ClaimOutcome.STARTED
 
 
 @dataclass(frozen=True)
@@ -310,34 +147,32 @@ class Page:
 class JobStore:
     """Every read and transition of a job. Transitions are Lua scripts: one atomic step each."""
 
-    def __init__(self, client: redis.Redis, keys: Keys | None = None, *, retention_s: int = 7 * 86_400) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys | None = None,
+        *,
+        retention_s: int = 7 * 86_400,
+        progress_event_interval_s: float = 0.5,
+    ) -> None:
         self.redis = client
         self.keys = keys or Keys()
         self.retention_s = retention_s
-        self.progress_event_interval_s = 0.5
-        self._create = client.register_script(_CREATE)
-        self._start = client.register_script(_START)
-        self._progress = client.register_script(_PROGRESS)
-        self._renew = client.register_script(_RENEW)
-        self._finish = client.register_script(_FINISH)
-        self._cancel = client.register_script(_CANCEL)
-        self._requeue = client.register_script(_REQUEUE)
-        self._read = client.register_script(_READ)
+        self.progress_event_interval_s = progress_event_interval_s
+        self._create = BoundScript(client, scripts.CREATE)
+        self._start = BoundScript(client, scripts.START)
+        self._progress = BoundScript(client, scripts.PROGRESS)
+        self._position = BoundScript(client, scripts.POSITION)
+        self._renew = BoundScript(client, scripts.RENEW)
+        self._finish = BoundScript(client, scripts.FINISH)
+        self._cancel = BoundScript(client, scripts.CANCEL)
+        self._requeue = BoundScript(client, scripts.REQUEUE)
 
-    def _keys(self, job_id: str, model: str) -> list[str]:
-        k = self.keys
-        statuses = [k.jobs_by_status(s.value) for s in JobStatus]
-        return [
-            k.job(job_id),
-            *statuses,
-            k.queue(model),
-            k.webhook_pending(job_id),
-            k.webhook_events(job_id),
-            k.webhook_due(),
-            celery_queue(model),
-            k.deliveries(job_id),
-            k.webhook_wake(),
-        ]
+    def _outbox(self, job_id: str) -> dict[str, str]:
+        return _pick(self.keys.outbox(job_id), scripts.OUTBOX)
+
+    def _index(self, status: JobStatus) -> str:
+        return self.keys.jobs_by_status(status.value)
 
     # -- creation -------------------------------------------------------------------
     def create(
@@ -355,7 +190,13 @@ class JobStore:
         extra: dict[str, str] | None = None,
         now: float | None = None,
     ) -> CreateResult:
-        """A new queued job and its broker message, in one atomic step (no orphan either way)."""
+        """A new queued job and its broker message, in one atomic step (no orphan either way).
+
+        Returns:
+            ``CreateResult(created=True, record=…, queue_position=…)`` for a new job, or
+            ``created=False`` with the id and request hash an earlier request with the same
+            ``idempotency_key`` stored (the caller compares the hashes).
+        """
         created_at = now if now is not None else time.time()
         fields: dict[str, str] = {
             "id": job_id,
@@ -375,60 +216,77 @@ class JobStore:
         if webhook_events_filter is not None:
             fields["webhook_events_filter"] = _dumps(list(webhook_events_filter))
         k = self.keys
-        keys = [
-            *self._keys(job_id, model),
-            k.idempotency(idempotency_key) if idempotency_key else "",
-            k.seq(),
-            k.jobs(),
-        ]
-        argv = [job_id, request_hash, str(idempotency_ttl_s), repr(created_at), task_message(job_id, model)]
-        for name, value in fields.items():
-            argv += [name, value]
-        reply = self._create(keys=keys, args=argv)
-        if int(reply[0]) == 1:
-            record = JobRecord.from_hash({**fields, "seq": _text(reply[1])})
+        keys = {
+            "job": k.job(job_id),
+            "jobs": k.jobs(),
+            "queued": self._index(JobStatus.QUEUED),
+            "queue": k.queue(model),
+            "broker": celery_queue(model),
+            "idempotency": k.idempotency(idempotency_key) if idempotency_key else "",
+            "seq": k.seq(),
+        }
+        args = {
+            "id": job_id,
+            "request_hash": request_hash,
+            "idempotency_ttl_s": idempotency_ttl_s,
+            "broker_message": task_message(job_id, model),
+        }
+        reply = self._create(keys, args, [item for pair in fields.items() for item in pair])
+        if as_text(reply[0]) == "created":
+            record = JobRecord.from_hash({**fields, "seq": as_text(reply[1])})
             return CreateResult(True, job_id, request_hash, record, int(reply[2]))
-        existing_id, _, existing_hash = _text(reply[1]).partition(" ")
+        existing_id, _, existing_hash = as_text(reply[1]).partition(" ")
         return CreateResult(False, existing_id, existing_hash)
 
     # -- reads ----------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
+        """The job, or None when there is no such job (never created, or past retention)."""
         raw = self.redis.hgetall(self.keys.job(job_id))
         if not raw:
             return None
-        return JobRecord.from_hash({_text(a): _text(b) for a, b in raw.items()})
+        return JobRecord.from_hash({as_text(a): as_text(b) for a, b in raw.items()})
 
     def get_with_position(self, job_id: str) -> tuple[JobRecord | None, int | None]:
-        """The job and, when queued, how many queued jobs of its model are ahead of it."""
-        flat, rank = self._read(keys=[self.keys.job(job_id), self.keys.queue("")], args=[job_id])
-        if not flat:
-            return None, None
-        raw = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return JobRecord.from_hash(raw), (int(rank) if rank is not None else None)
+        """The job and, when queued, how many queued jobs of its model are ahead of it.
+
+        One round trip for a job that is not queued, two for a queued one (its position is
+        read by a script that re-checks the status, so "queued" never comes without one).
+        """
+        while True:
+            record = self.get(job_id)
+            if record is None or record.status is not JobStatus.QUEUED:
+                return record, None
+            keys = {"job": self.keys.job(job_id), "queue": self.keys.queue(record.model)}
+            rank = self._position(keys, {"id": job_id})
+            if rank is not None:
+                return record, int(rank)
+            # it left the queue between the two reads: read it again
 
     def queued_messages(self, model: str) -> int:
         """Messages waiting in the model's broker list (what a worker would take next)."""
         return int(self.redis.llen(celery_queue(model)))
 
     def queue_depth(self, model: str) -> int:
+        """How many jobs of ``model`` are queued."""
         return int(self.redis.zcard(self.keys.queue(model)))
 
     def ids_with_status(self, status: JobStatus, limit: int = 1000) -> list[str]:
-        ids: Any = self.redis.zrange(self.keys.jobs_by_status(status.value), 0, limit - 1)
-        return [_text(i) for i in ids]
+        """Up to ``limit`` ids of jobs in ``status``, oldest first."""
+        ids: Any = self.redis.zrange(self._index(status), 0, limit - 1)
+        return [as_text(i) for i in ids]
 
     def page(self, status: JobStatus | None = None, limit: int = 20, cursor: int | None = None) -> Page:
         """Newest first; ``cursor`` is the sequence number of the last job already seen."""
-        index = self.keys.jobs_by_status(status.value) if status else self.keys.jobs()
+        index = self._index(status) if status else self.keys.jobs()
         upper = f"({cursor}" if cursor is not None else "+inf"
-        ids = [_text(i) for i in self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=limit + 1)]
+        ids = [as_text(i) for i in self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=limit + 1)]
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids[:limit]:
             pipe.hgetall(self.keys.job(job_id))
         records = []
         for job_id, raw in zip(ids, pipe.execute(), strict=False):
             if raw:
-                records.append(JobRecord.from_hash({_text(a): _text(b) for a, b in raw.items()}))
+                records.append(JobRecord.from_hash({as_text(a): as_text(b) for a, b in raw.items()}))
             else:  # expired by retention: drop it from the indexes lazily
                 self.redis.zrem(index, job_id)
         more = len(ids) > limit
@@ -437,28 +295,61 @@ class JobStore:
 
     # -- transitions ----------------------------------------------------------------
     def start(self, job_id: str, model: str, worker: str, *, lease_s: float, max_attempts: int = 3) -> StartResult:
-        """queued → running for this worker (attempt + 1, lease); anything else: skip."""
-        now = time.time()
-        reply = self._start(
-            keys=self._keys(job_id, model),
-            args=[worker, repr(now), repr(now + lease_s), str(max_attempts), str(self.retention_s)],
-        )
-        job_input = json.loads(_text(reply[2])) if len(reply) > 2 else None
-        return StartResult(_text(reply[0]), int(reply[1]), job_input)
+        """queued → running for ``worker``: attempt + 1, a lease of ``lease_s``.
 
-    def progress(self, job_id: str, model: str, attempt: int, step: int, *, lease_s: float) -> str:
-        """Record a denoising step and renew the lease: 'ok', 'cancel' or 'lost'."""
+        Returns:
+            ``StartResult`` whose ``status`` is ``ClaimOutcome.STARTED`` (with the attempt and
+            the job's input), ``MAX_ATTEMPTS`` (the job had used them all: it is now failed),
+            ``MISSING``, or the status the job already had (``RUNNING``, ``SUCCEEDED``, …):
+            a duplicate or stale message, to acknowledge and skip.
+        """
         now = time.time()
-        args = [str(attempt), str(step), repr(now + lease_s), repr(now), repr(self.progress_event_interval_s)]
-        return _text(self._progress(keys=self._keys(job_id, model), args=args))
+        keys = {
+            "job": self.keys.job(job_id),
+            "queued": self._index(JobStatus.QUEUED),
+            "running": self._index(JobStatus.RUNNING),
+            "failed": self._index(JobStatus.FAILED),
+            "queue": self.keys.queue(model),
+            **self._outbox(job_id),
+        }
+        args = {
+            "worker": worker,
+            "now": now,
+            "lease_until": now + lease_s,
+            "max_attempts": max_attempts,
+            "retention_s": self.retention_s,
+        }
+        reply = self._start(keys, args)
+        job_input = json.loads(as_text(reply[2])) if len(reply) > 2 else None
+        return StartResult(ClaimOutcome(as_text(reply[0])), int(reply[1]), job_input)
+
+    def progress(self, job_id: str, attempt: int, step: int, *, lease_s: float) -> ProgressAnswer:
+        """Record a denoising step and renew the lease.
+
+        Returns:
+            ``ProgressAnswer.OK``; ``CANCEL`` when a cancel was requested (stop now); ``LOST``
+            when this attempt no longer holds the job (abandon it: another attempt owns it).
+        """
+        now = time.time()
+        args = {
+            "attempt": attempt,
+            "step": step,
+            "lease_until": now + lease_s,
+            "now": now,
+            "event_interval_s": self.progress_event_interval_s,
+        }
+        keys = {"job": self.keys.job(job_id), **self._outbox(job_id)}
+        return ProgressAnswer(as_text(self._progress(keys, args)))
 
     def renew(self, job_id: str, attempt: int, *, lease_s: float) -> bool:
-        return int(self._renew(keys=[self.keys.job(job_id)], args=[str(attempt), repr(time.time() + lease_s)])) == 1
+        """Extend the lease; False when ``attempt`` no longer holds the job."""
+        args = {"attempt": attempt, "lease_until": time.time() + lease_s}
+        return int(self._renew({"job": self.keys.job(job_id)}, args)) == 1
 
     def succeed(
         self, job_id: str, model: str, attempt: int, outputs: list[dict[str, Any]], *, generation_seconds: float
     ) -> bool:
-        """running → succeeded, only for the attempt that holds the job."""
+        """running → succeeded with ``outputs``, only for the attempt that holds the job."""
         return self._transition(
             job_id,
             model,
@@ -483,35 +374,70 @@ class JobStore:
         """running → canceled by the attempt that stopped at a cancel request."""
         return self._transition(job_id, model, attempt, JobStatus.RUNNING, JobStatus.CANCELED)
 
-    def cancel(self, job_id: str, model: str) -> str:
-        """'canceled' (was queued), 'cancel_requested' (running), else the terminal status."""
-        args = [repr(time.time()), str(self.retention_s), self.keys.cancel_channel()]
-        return _text(self._cancel(keys=self._keys(job_id, model), args=args))
+    def cancel(self, job_id: str, model: str) -> CancelOutcome:
+        """Cancel a job.
 
-    def requeue_if_lease_expired(self, job_id: str, model: str, now: float | None = None) -> int:
-        """1: back to queued with a new message; 2: ended canceled; 0: lease still live."""
+        Returns:
+            ``CancelOutcome.CANCELED`` (it was queued, now canceled, or was canceled already);
+            ``CANCEL_REQUESTED`` (running: its worker stops at the next step); ``MISSING``;
+            ``SUCCEEDED`` / ``FAILED`` (finished: nothing to cancel).
+        """
+        keys = {
+            "job": self.keys.job(job_id),
+            "queued": self._index(JobStatus.QUEUED),
+            "canceled": self._index(JobStatus.CANCELED),
+            "queue": self.keys.queue(model),
+            **self._outbox(job_id),
+        }
+        args = {"now": time.time(), "retention_s": self.retention_s, "cancel_channel": self.keys.cancel_channel()}
+        return CancelOutcome(as_text(self._cancel(keys, args)))
+
+    def requeue_if_lease_expired(self, job_id: str, model: str, now: float | None = None) -> RequeueOutcome:
+        """A running job whose lease expired goes back to the queue with a new broker message.
+
+        Returns:
+            ``RequeueOutcome.REQUEUED``; ``CANCELED`` (its cancel had been requested, so it
+            ends canceled instead); ``LEASE_LIVE`` (still held, or no longer running).
+        """
         now = time.time() if now is None else now
-        args = [repr(now), str(self.retention_s), task_message(job_id, model)]
-        return int(self._requeue(keys=self._keys(job_id, model), args=args))
+        keys = {
+            "job": self.keys.job(job_id),
+            "running": self._index(JobStatus.RUNNING),
+            "queued": self._index(JobStatus.QUEUED),
+            "canceled": self._index(JobStatus.CANCELED),
+            "queue": self.keys.queue(model),
+            "broker": celery_queue(model),
+            **self._outbox(job_id),
+        }
+        args = {"now": now, "retention_s": self.retention_s, "broker_message": task_message(job_id, model)}
+        return RequeueOutcome(as_text(self._requeue(keys, args)))
 
     def _transition(
         self, job_id: str, model: str, attempt: int | None, source: JobStatus, target: JobStatus, **values: str
     ) -> bool:
-        argv = [
-            "" if attempt is None else str(attempt),
-            source.value,
-            target.value,
-            repr(time.time()),
-            str(self.retention_s),
-        ]
-        for name, value in values.items():
-            argv += [name, value]
-        return int(self._finish(keys=self._keys(job_id, model), args=argv)) == 1
+        """``source`` → ``target`` with ``values``; False when the job was not in ``source`` (or
+        ``attempt`` no longer holds it)."""
+        keys = {
+            "job": self.keys.job(job_id),
+            "source_index": self._index(source),
+            "target_index": self._index(target),
+            "queue": self.keys.queue(model),
+            **self._outbox(job_id),
+        }
+        args = {
+            "attempt": "" if attempt is None else attempt,
+            "source": source.value,
+            "target": target.value,
+            "now": time.time(),
+            "retention_s": self.retention_s,
+        }
+        varargs = [item for pair in values.items() for item in pair]
+        return int(self._finish(keys, args, varargs)) == 1
+
+
+def _pick(mapping: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    return {name: mapping[name] for name in names}
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 from flask.testing import FlaskClient
 
-from dq.services import Service
+from dq.procs import Service
 
 TERMINAL = ("succeeded", "failed", "canceled")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
-from dq.services import Service
+from dq.procs import Service
 from tests.conftest import BUCKET, WorkerFactory
 from tests.helpers import s3_keys, submit, wait_until_job
 

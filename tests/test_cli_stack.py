@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from dq.services import free_port, process_tree, stop_process, wait_until
+from dq.procs import free_port, process_tree, stop_process, wait_until
 
 
 def alive(pid: int) -> bool:

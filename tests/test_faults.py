@@ -19,15 +19,9 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from dq.services import (
-    Service,
-    create_bucket,
-    s3_env,
-    start_redis,
-    start_seaweedfs,
-    stop_process,
-    wait_until,
-)
+from dq.procs import Service, stop_process, wait_until
+from dq.redis_server import start_redis
+from dq.seaweedfs import create_bucket, s3_env, start_seaweedfs
 from jobs.settings import Settings
 from jobs.workers import WorkerRegistry
 from tests.conftest import BUCKET, REPO_ROOT

@@ -26,7 +26,7 @@ from dq.launcher import (
     parse_neuron_ls,
     plan_slots,
 )
-from dq.services import Service, stop_process, wait_until
+from dq.procs import Service, stop_process, wait_until
 from jobs.keys import Keys
 from jobs.settings import Settings
 from jobs.workers import WorkerInfo, WorkerRegistry

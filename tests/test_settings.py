@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from jobs.settings import Settings, env_name
+from jobs.settings import Settings, env_name, setting_fields
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-@pytest.mark.parametrize("name", [f.name for f in fields(Settings)])
+@pytest.mark.parametrize("name", [f.name for f in setting_fields()])
 def test_every_setting_is_documented(name: str) -> None:
     assert f"| `{env_name(name)}` |" in README
 

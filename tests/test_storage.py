@@ -9,7 +9,7 @@ import time
 import pytest
 import urllib3
 
-from dq.services import Service
+from dq.procs import Service
 from jobs.settings import Settings
 from jobs.storage import S3Storage, UploadFailed, output_key
 

@@ -35,7 +35,7 @@ def test_create_start_progress_succeed(redis_client: redis.Redis) -> None:
     assert job is not None and job.status is JobStatus.QUEUED and job.progress_total == 4
     claim = store.start("j1", "m", "w1", lease_s=30)
     assert claim.started and claim.attempt == 1 and claim.input == INPUT
-    assert store.progress("j1", "m", 1, 2, lease_s=30) == "ok"
+    assert store.progress("j1", 1, 2, lease_s=30) == "ok"
     assert store.succeed("j1", "m", 1, [{"key": "k"}], generation_seconds=0.5)
     job = store.get("j1")
     assert job is not None
@@ -90,7 +90,7 @@ def test_stale_attempt_is_fenced_out(redis_client: redis.Redis) -> None:
     # the reconciler hands the job to a second attempt (simulated: back to queued)
     redis_client.hset("dq:job:j1", "status", "queued")
     assert store.start("j1", "m", "w2", lease_s=30).attempt == 2
-    assert store.progress("j1", "m", 1, 3, lease_s=30) == "lost"
+    assert store.progress("j1", 1, 3, lease_s=30) == "lost"
     assert not store.succeed("j1", "m", 1, [{"key": "stale"}], generation_seconds=1)
     assert store.succeed("j1", "m", 2, [{"key": "fresh"}], generation_seconds=1)
     job = store.get("j1")
@@ -115,7 +115,7 @@ def test_cancel_request_is_seen_by_progress(redis_client: redis.Redis) -> None:
     make(store, "j1")
     store.start("j1", "m", "w1", lease_s=30)
     redis_client.hset("dq:job:j1", "cancel_requested", "1")
-    assert store.progress("j1", "m", 1, 1, lease_s=30) == "cancel"
+    assert store.progress("j1", 1, 1, lease_s=30) == "cancel"
     assert store.cancel_running("j1", "m", 1)
     job = store.get("j1")
     assert job is not None and job.status is JobStatus.CANCELED

@@ -20,7 +20,7 @@ from typing import IO, Any
 import pytest
 from flask.testing import FlaskClient
 
-from dq.services import Service, stop_process
+from dq.procs import Service, stop_process
 from jobs.settings import Settings
 from tests.conftest import REPO_ROOT, WorkerFactory, worker_env
 from tests.helpers import wait_for

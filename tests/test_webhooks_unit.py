@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from dq.stack import LOCAL_WEBHOOK_ALLOWLIST, WEBHOOK_SECRET_FILE, local_webhook_env
+from dq.stack import LOCAL_WEBHOOK_ALLOWLIST, WEBHOOK_SECRET_FILE, with_local_webhooks
 from jobs.settings import Settings
 from webhooks.deliver import DeliveryConfig
 from webhooks.policy import (
@@ -289,11 +289,12 @@ def test_delivery_config_names_the_bad_variable(changes: dict[str, object], vari
 
 
 def test_local_stack_writes_a_private_secret_once(tmp_path: Path) -> None:
-    env = local_webhook_env({}, tmp_path)
+    local = with_local_webhooks(Settings.from_env({}), tmp_path)
     path = tmp_path / WEBHOOK_SECRET_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert env == {"DQ_WEBHOOK_SECRET": path.read_text().strip(), "DQ_WEBHOOK_ALLOWLIST": LOCAL_WEBHOOK_ALLOWLIST}
-    check_secret(env["DQ_WEBHOOK_SECRET"])
-    assert local_webhook_env({}, tmp_path) == env  # the next `dq up` keeps the receivers' secret
-    given = local_webhook_env({"DQ_WEBHOOK_SECRET": SECRET, "DQ_WEBHOOK_ALLOWLIST": ""}, tmp_path / "elsewhere")
-    assert given == {} and not (tmp_path / "elsewhere").exists()
+    assert (local.webhook_secret, local.webhook_allowlist) == (path.read_text().strip(), LOCAL_WEBHOOK_ALLOWLIST)
+    check_secret(local.webhook_secret)
+    assert with_local_webhooks(Settings.from_env({}), tmp_path) == local  # the next `dq up` keeps the secret
+    configured = Settings.from_env({"DQ_WEBHOOK_SECRET": SECRET, "DQ_WEBHOOK_ALLOWLIST": ""})
+    given = with_local_webhooks(configured, tmp_path / "elsewhere")
+    assert given == configured and not (tmp_path / "elsewhere").exists()

@@ -23,18 +23,19 @@ from typing import Any
 import redis
 import urllib3
 
+from jobs.connections import Role, create_redis
 from jobs.keys import Keys
 from jobs.models import rfc3339
 from jobs.settings import Settings
 from jobs.storage import S3Storage
 from jobs.store import JobRecord
 from jobs.view import Presigner, render_job
-from webhooks.outbox import Outbox, PendingMessage
+from webhooks.outbox import Outbox, PendingMessage, SettleAnswer
 from webhooks.policy import Decision, Outcome, decide, parse_retry_after, parse_schedule
 from webhooks.signing import Signer, check_secret
 from webhooks.ssrf import Allowlist, Resolver, Target, WebhookHostUnresolved, WebhookURLRefused, check_webhook_url
 
-log = logging.getLogger("webhooks")
+log = logging.getLogger("dq.webhooks")
 MAX_TIMEOUT_S = 15.0
 MAX_REPLY_BYTES = 1024  # of a receiver's reply body, kept for the error message
 CHAIN = 8  # messages of one job sent in a row under one claim before it goes back to the pool
@@ -171,9 +172,7 @@ class Deliverer:
 
     @classmethod
     def from_settings(cls, settings: Settings, config: DeliveryConfig) -> Deliverer:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
-        )
+        client = create_redis(settings, Role.DELIVERER)
         outbox = Outbox(client, Keys(settings.key_prefix), retention_s=settings.job_retention_s)
         return cls(config, outbox, S3Storage(settings).presign)
 
@@ -232,17 +231,17 @@ class Deliverer:
         try:
             for n in range(CHAIN):
                 keep = n + 1 < CHAIN and not self.stopping.is_set()
-                if self.deliver_head(job_id, keep_claim=keep) != "next":
+                if self.deliver_head(job_id, keep_claim=keep) is not SettleAnswer.NEXT:
                     return
         except Exception:  # one job's trouble must not end the loop; its claim lapses and comes back
             log.exception("delivering webhooks of job %s failed; it will be retried after the claim timeout", job_id)
 
-    def deliver_head(self, job_id: str, keep_claim: bool = False) -> str:
+    def deliver_head(self, job_id: str, keep_claim: bool = False) -> SettleAnswer:
         """One attempt at the job's head message, settled in the outbox; returns the settle answer."""
         message = self.outbox.head(job_id)
         if message is None:
             self.outbox.release(job_id, self.clock())
-            return "empty"
+            return SettleAnswer.EMPTY
         if message.event is None:
             log.warning("job %s: event %s expired before delivery; dropped", job_id, message.msg_id)
             return self.outbox.settle(message, None, final=True, now=self.clock())

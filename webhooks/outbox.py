@@ -13,90 +13,139 @@ events arrive in order.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from jobs.connections import as_text
 from jobs.keys import Keys
+from jobs.lua import BoundScript, Script
 
-# ARGV: now, claim until, limit
-_CLAIM = r"""
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+# The per-job scripts below take these keys (names shared with the job store: ``Keys.outbox``).
+JOB_KEYS = ("wh_due", "wh_pending", "wh_attempts", "deliveries", "job", "wh_events")
+
+CLAIM = Script(
+    name="claim",
+    doc="up to `limit` job ids due by `now`, each now held until `claim_until`",
+    keys=("wh_due",),
+    args=("now", "claim_until", "limit"),
+    body=r"""
+local ids = redis.call('ZRANGEBYSCORE', K.wh_due, '-inf', A.now, 'LIMIT', 0, tonumber(A.limit))
+for _, id in ipairs(ids) do redis.call('ZADD', K.wh_due, A.claim_until, id) end
 return ids
-"""
+""",
+)
 
-# Per-job scripts share KEYS: 1 due zset, 2 pending list, 3 attempts hash, 4 deliveries list,
-# 5 job hash, 6 events hash.
-#
-# ARGV: job id, message id, record JSON ('' = none), attempts made, final ('1'/'0'),
-#       next due (retry), now, keep the claim until ('' = release it), retention seconds.
-# Returns 'moved' (the head is another message now: someone else settled this one),
-# 'retry', 'empty' (nothing more pending), 'next' (more pending, still claimed by the caller)
-# or 'more' (more pending, due now for any deliverer).
-_SETTLE = r"""
+SETTLE = Script(
+    name="settle",
+    doc="record one delivery attempt at a job's head message and move the job on",
+    keys=JOB_KEYS,
+    args=(
+        "job_id",
+        "msg_id",
+        "record",  # the attempt as JSON, '' = none to record
+        "attempts_made",
+        "final",  # '1' ends the message (delivered, refused, gave up); '0' retries it
+        "next_due",
+        "now",
+        "keep_claim_until",  # '' = release the claim
+        "retention_s",
+    ),
+    body=r"""
+-- Answers 'moved' (the head is another message now: someone else settled this one),
+-- 'retry', 'empty' (nothing more pending), 'next' (more pending, still claimed by the
+-- caller) or 'more' (more pending, due now for any deliverer).
 local function keep_with_job(key)
   if redis.call('TTL', key) ~= -1 then return end  -- missing, or already expiring
-  local ttl = redis.call('TTL', KEYS[5])
+  local ttl = redis.call('TTL', K.job)
   if ttl > 0 then redis.call('EXPIRE', key, ttl)
-  elseif ttl == -2 then redis.call('EXPIRE', key, ARGV[9]) end
+  elseif ttl == -2 then redis.call('EXPIRE', key, A.retention_s) end
 end
-if ARGV[3] ~= '' then
-  redis.call('RPUSH', KEYS[4], ARGV[3])
-  keep_with_job(KEYS[4])
+if A.record ~= '' then
+  redis.call('RPUSH', K.deliveries, A.record)
+  keep_with_job(K.deliveries)
 end
-if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return 'moved' end
-if ARGV[5] == '0' then
-  redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
-  keep_with_job(KEYS[3])
-  redis.call('ZADD', KEYS[1], ARGV[6], ARGV[1])
+if redis.call('LINDEX', K.wh_pending, 0) ~= A.msg_id then return 'moved' end
+if A.final == '0' then
+  redis.call('HSET', K.wh_attempts, A.msg_id, A.attempts_made)
+  keep_with_job(K.wh_attempts)
+  redis.call('ZADD', K.wh_due, A.next_due, A.job_id)
   return 'retry'
 end
-redis.call('LPOP', KEYS[2])
-redis.call('HDEL', KEYS[3], ARGV[2])
-if redis.call('LLEN', KEYS[2]) == 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('LPOP', K.wh_pending)
+redis.call('HDEL', K.wh_attempts, A.msg_id)
+if redis.call('LLEN', K.wh_pending) == 0 then
+  redis.call('ZREM', K.wh_due, A.job_id)
   return 'empty'
 end
-if ARGV[8] ~= '' then
-  redis.call('ZADD', KEYS[1], ARGV[8], ARGV[1])
+if A.keep_claim_until ~= '' then
+  redis.call('ZADD', K.wh_due, A.keep_claim_until, A.job_id)
   return 'next'
 end
-redis.call('ZADD', KEYS[1], ARGV[7], ARGV[1])
+redis.call('ZADD', K.wh_due, A.now, A.job_id)
 return 'more'
-"""
+""",
+)
 
-# The head message of a job, its event and the attempts made at it, in one round trip.
-_HEAD = r"""
-local id = redis.call('LINDEX', KEYS[2], 0)
+HEAD = Script(
+    name="head",
+    doc="a job's head message: its id, its event and the attempts made at it (false: none pending)",
+    keys=JOB_KEYS,
+    args=(),
+    body=r"""
+local id = redis.call('LINDEX', K.wh_pending, 0)
 if not id then return false end
-return {id, redis.call('HGET', KEYS[6], id) or '', redis.call('HGET', KEYS[3], id) or '0'}
-"""
+return {id, redis.call('HGET', K.wh_events, id) or '', redis.call('HGET', K.wh_attempts, id) or '0'}
+""",
+)
 
-# ARGV: job id, now. A claimed job with nothing pending leaves the due set.
-_RELEASE = r"""
-if redis.call('LLEN', KEYS[2]) == 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+RELEASE = Script(
+    name="release",
+    doc="a claimed job with nothing pending leaves the due set (1); else it is due now (0)",
+    keys=JOB_KEYS,
+    args=("job_id", "now"),
+    body=r"""
+if redis.call('LLEN', K.wh_pending) == 0 then
+  redis.call('ZREM', K.wh_due, A.job_id)
   return 1
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', K.wh_due, A.now, A.job_id)
 return 0
-"""
+""",
+)
 
-# ARGV: job id, message id, now. Queue a known message again (same id); its attempts restart.
-_REDELIVER = r"""
-if redis.call('HEXISTS', KEYS[6], ARGV[2]) == 0 then return 0 end
-redis.call('HDEL', KEYS[3], ARGV[2])
-local pos = redis.call('LPOS', KEYS[2], ARGV[2])
+REDELIVER = Script(
+    name="redeliver",
+    doc="queue a known message again (same id, attempts from 1): 1, or 0 when the job has no such message",
+    keys=JOB_KEYS,
+    args=("job_id", "msg_id", "now"),
+    body=r"""
+if redis.call('HEXISTS', K.wh_events, A.msg_id) == 0 then return 0 end
+redis.call('HDEL', K.wh_attempts, A.msg_id)
+local pos = redis.call('LPOS', K.wh_pending, A.msg_id)
 if not pos then
-  if redis.call('RPUSH', KEYS[2], ARGV[2]) == 1 then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+  if redis.call('RPUSH', K.wh_pending, A.msg_id) == 1 then redis.call('ZADD', K.wh_due, A.now, A.job_id) end
 elseif pos == 0 then
-  redis.call('ZADD', KEYS[1], 'LT', ARGV[3], ARGV[1])  -- waiting for a retry: due now
+  redis.call('ZADD', K.wh_due, 'LT', A.now, A.job_id)  -- waiting for a retry: due now
 end
 return 1
-"""
+""",
+)
+
+OUTBOX_SCRIPTS = (CLAIM, SETTLE, HEAD, RELEASE, REDELIVER)
+
+
+class SettleAnswer(str, enum.Enum):
+    """Where a job's outbox stands after ``Outbox.settle``."""
+
+    MOVED = "moved"  # the head is another message now: someone else settled this one
+    RETRY = "retry"  # the message is due again at its next attempt
+    EMPTY = "empty"  # nothing more pending
+    NEXT = "next"  # more pending, still claimed by the caller: send the next one
+    MORE = "more"  # more pending, released: due now for any deliverer
 
 
 @dataclass(frozen=True)
@@ -108,37 +157,34 @@ class PendingMessage:
 
 
 class Outbox:
+    """The outbox of every job: what the deliverers claim, send and settle."""
+
     def __init__(self, client: redis.Redis, keys: Keys | None = None, *, retention_s: int = 7 * 86_400) -> None:
         self.redis = client
         self.keys = keys or Keys()
         self.retention_s = retention_s
-        self._claim = client.register_script(_CLAIM)
-        self._settle = client.register_script(_SETTLE)
-        self._release = client.register_script(_RELEASE)
-        self._head = client.register_script(_HEAD)
-        self._redeliver = client.register_script(_REDELIVER)
+        self._claim = BoundScript(client, CLAIM)
+        self._settle = BoundScript(client, SETTLE)
+        self._release = BoundScript(client, RELEASE)
+        self._head = BoundScript(client, HEAD)
+        self._redeliver = BoundScript(client, REDELIVER)
 
-    def _job_keys(self, job_id: str) -> list[str]:
-        k = self.keys
-        return [
-            k.webhook_due(),
-            k.webhook_pending(job_id),
-            k.webhook_attempts(job_id),
-            k.deliveries(job_id),
-            k.job(job_id),
-            k.webhook_events(job_id),
-        ]
+    def _job_keys(self, job_id: str) -> dict[str, str]:
+        outbox = self.keys.outbox(job_id)
+        return {name: outbox[name] if name != "job" else self.keys.job(job_id) for name in JOB_KEYS}
 
     def claim(self, now: float, hold_s: float, limit: int) -> list[str]:
         """Up to ``limit`` job ids due by ``now``, each now held for ``hold_s``."""
-        ids = self._claim(keys=[self.keys.webhook_due()], args=[repr(now), repr(now + hold_s), str(limit)])
-        return [_text(i) for i in ids]
+        args = {"now": now, "claim_until": now + hold_s, "limit": limit}
+        ids = self._claim({"wh_due": self.keys.webhook_due()}, args)
+        return [as_text(i) for i in ids]
 
     def head(self, job_id: str) -> PendingMessage | None:
-        reply = self._head(keys=self._job_keys(job_id))
+        """The job's oldest undelivered message, or None when nothing is pending."""
+        reply = self._head(self._job_keys(job_id))
         if not reply:
             return None
-        msg_id, raw_event, made = (_text(part) for part in reply)
+        msg_id, raw_event, made = (as_text(part) for part in reply)
         event = json.loads(raw_event) if raw_event else None
         return PendingMessage(job_id, msg_id, event, int(made or 0))
 
@@ -151,29 +197,38 @@ class Outbox:
         now: float,
         next_due: float | None = None,
         keep_claim_until: float | None = None,
-    ) -> str:
-        """Record one attempt and move the job on (see ``_SETTLE`` for the answers)."""
-        args = [
-            message.job_id,
-            message.msg_id,
-            json.dumps(record, separators=(",", ":")) if record is not None else "",
-            str(message.attempts_made + 1),
-            "1" if final else "0",
-            repr(next_due if next_due is not None else now),
-            repr(now),
-            repr(keep_claim_until) if keep_claim_until is not None else "",
-            str(self.retention_s),
-        ]
-        return _text(self._settle(keys=self._job_keys(message.job_id), args=args))
+    ) -> SettleAnswer:
+        """Record one attempt (``record``) and move the job on.
+
+        Returns:
+            ``SettleAnswer.RETRY`` (not final: due again at ``next_due``), ``EMPTY``, ``NEXT``
+            (more pending and ``keep_claim_until`` given: the caller sends the next one),
+            ``MORE`` (more pending, due now for anyone) or ``MOVED`` (someone else settled it).
+        """
+        args = {
+            "job_id": message.job_id,
+            "msg_id": message.msg_id,
+            "record": json.dumps(record, separators=(",", ":")) if record is not None else "",
+            "attempts_made": message.attempts_made + 1,
+            "final": "1" if final else "0",
+            "next_due": next_due if next_due is not None else now,
+            "now": now,
+            "keep_claim_until": keep_claim_until if keep_claim_until is not None else "",
+            "retention_s": self.retention_s,
+        }
+        return SettleAnswer(as_text(self._settle(self._job_keys(message.job_id), args)))
 
     def release(self, job_id: str, now: float) -> None:
-        self._release(keys=self._job_keys(job_id), args=[job_id, repr(now)])
+        """Let go of a claimed job: out of the due set if nothing is pending, else due now."""
+        self._release(self._job_keys(job_id), {"job_id": job_id, "now": now})
 
     def redeliver(self, job_id: str, msg_id: str, now: float) -> bool:
         """Queue ``msg_id`` again (same webhook-id, attempts from 1); False if the job has no such message."""
-        return int(self._redeliver(keys=self._job_keys(job_id), args=[job_id, msg_id, repr(now)])) == 1
+        args = {"job_id": job_id, "msg_id": msg_id, "now": now}
+        return int(self._redeliver(self._job_keys(job_id), args)) == 1
 
     def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        """Every delivery attempt of the job, oldest first."""
         raw = self.redis.lrange(self.keys.deliveries(job_id), 0, -1)
         return [json.loads(item) for item in raw]  # type: ignore[union-attr]
 
@@ -183,7 +238,3 @@ class Outbox:
 
     def due_count(self) -> int:
         return int(self.redis.zcard(self.keys.webhook_due()))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,8 +1,10 @@
 """One worker process: load the model, warm it up, then consume its model's queue.
 
+``create_worker`` builds every part (arq's ``create_worker``), ``Worker.run`` runs them.
 Celery runs with the solo pool, so the task (and torch) runs on this process's main
 thread; the model is loaded and warmed BEFORE the consumer connects, so no job is taken
-by a cold worker. A heartbeat thread publishes the worker's state and renews leases.
+by a cold worker. Three helper threads: the heartbeat (state + lease renewal), the cancel
+listener (pub/sub) and a reconciler candidate; the finisher thread stores outputs.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 import redis
 from celery import Celery, signals
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from jobs.capabilities import ModelInfo, read_model
+from jobs.connections import Role, create_redis
 from jobs.keys import Keys, celery_queue
 from jobs.reconciler import Reconciler, ReconcilerThread
 from jobs.settings import Settings
@@ -38,26 +40,35 @@ class Heartbeat(threading.Thread):
     """Publishes this worker's state and renews the leases of its jobs every ``interval_s``
     (generation renews at every step too; this covers the VAE decode and the upload)."""
 
-    def __init__(self, registry: WorkerRegistry, info: WorkerInfo, interval_s: float) -> None:
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        info: WorkerInfo,
+        store: JobStore,
+        in_flight: InFlight,
+        *,
+        interval_s: float,
+        lease_s: float,
+    ) -> None:
         super().__init__(name="dq-heartbeat", daemon=True)
         self.registry = registry
         self.info = info
+        self.store = store
+        self.in_flight = in_flight
         self.interval_s = interval_s
-        self.store: JobStore | None = None
-        self.in_flight: InFlight | None = None
-        self.lease_s = 30.0
+        self.lease_s = lease_s
         self._stop_event = threading.Event()
 
     def beat(self) -> None:
         try:
             self.registry.publish(self.info, ttl_s=max(3 * self.interval_s, 5.0))
-            if self.store is not None and self.in_flight is not None:
-                for job_id, attempt in self.in_flight.snapshot().items():
-                    self.store.renew(job_id, attempt, lease_s=self.lease_s)
+            for job_id, attempt in self.in_flight.snapshot().items():
+                self.store.renew(job_id, attempt, lease_s=self.lease_s)
         except redis.RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
 
     def run(self) -> None:
+        self.beat()
         while not self._stop_event.wait(self.interval_s):
             self.beat()
 
@@ -131,28 +142,112 @@ def create_worker_app(settings: Settings, runner: Runner) -> Celery:
     return app
 
 
-def resilient_redis(url: str) -> redis.Redis:
-    """A worker's Redis client rides out a Redis restart (~30 s of retries with backoff)
-    instead of failing the job it is running."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 20),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
+@dataclass
+class Worker:
+    """One worker process: everything it needs, built by ``create_worker``; ``run`` runs it."""
+
+    settings: Settings
+    model: ModelInfo
+    info: WorkerInfo
+    registry: WorkerRegistry
+    store: JobStore
+    in_flight: InFlight
+    cancels: CancelRequests
+    finisher: Finisher
+    heartbeat: Heartbeat
+    listener: CancelListener
+    reconciler: ReconcilerThread
+
+    def run(self) -> None:
+        """Blocks until the worker is shut down (SIGTERM / SIGINT: warm shutdown)."""
+        self.heartbeat.start()  # state "loading" from now on
+        try:
+            backend = self.load()
+            runner = Runner(
+                self.store,
+                backend,
+                self.finisher,
+                RunnerConfig(
+                    worker_name=self.info.name,
+                    lease_s=self.settings.lease_s,
+                    max_attempts=self.settings.max_attempts,
+                    progress_interval_s=self.settings.progress_interval_s,
+                ),
+                self.info,
+                self.in_flight,
+                self.cancels,
+            )
+            self.listener.start()
+            self.reconciler.start()
+            self.consume(runner)
+        finally:
+            self.shutdown()
+
+    def load(self) -> Backend:
+        """Load the pipeline and warm it up, before consuming anything."""
+        started = time.perf_counter()
+        backend = load_backend(self.settings.backend, self.model, self.settings)
+        load_s = time.perf_counter() - started
+        warm_s = warm_up(backend, self.model) if self.settings.warmup else 0.0
+        log.info("worker %s: %s loaded in %.2fs, warmed in %.2fs", self.info.name, self.model.name, load_s, warm_s)
+        return backend
+
+    def consume(self, runner: Runner) -> None:
+        """Consume only this model's queue, one message at a time, on this thread (solo pool)."""
+        app = create_worker_app(self.settings, runner)
+        signals.worker_ready.connect(self._ready, weak=False)
+        signals.worker_shutting_down.connect(self._stopping, weak=False)
+        app.worker_main(
+            [
+                "worker",
+                "--pool=solo",
+                "--concurrency=1",
+                f"--queues={celery_queue(self.model.name)}",
+                f"--hostname={self.info.name}",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel=INFO",
+            ]
+        )
+
+    def shutdown(self) -> None:
+        """In this order: store what was generated (warm shutdown, also when Celery leaves
+        through SystemExit), stop the helper threads, then leave the registry."""
+        self.finisher.drain()
+        self.reconciler.stop()
+        self.listener.stop()
+        self.heartbeat.stop()
+        try:
+            self.registry.remove(self.info.name)
+        except redis.RedisError:
+            pass
+
+    def _ready(self, **_: object) -> None:
+        self.info.state = "ready"
+        self.info.ready_at = time.time()
+        self.heartbeat.beat()
+
+    def _stopping(self, **_: object) -> None:
+        self.info.state = "stopping"
+        self.heartbeat.beat()
 
 
-def run_worker(settings: Settings, model: str, cores: str = "") -> None:
-    """Blocks until the worker is shut down (SIGTERM / SIGINT: warm shutdown)."""
+def create_worker(settings: Settings, model: str, cores: str = "") -> Worker:
+    """Build a worker for ``model`` (building the embedded tiny model first if that is the one)."""
     name = settings.worker_name or default_worker_name(model, cores)
     ensure_embedded_model(settings.models_dir, model)
     model_info = read_model(settings.models_dir / model)
-    client = resilient_redis(settings.redis_url)
+    client = create_redis(settings, Role.WORKER)
     keys = Keys(settings.key_prefix)
     registry = WorkerRegistry(client, keys)
-    worker_info = WorkerInfo(
+    store = JobStore(
+        client,
+        keys,
+        retention_s=settings.job_retention_s,
+        progress_event_interval_s=settings.progress_event_interval_s,
+    )
+    info = WorkerInfo(
         name=name,
         host=socket.gethostname(),
         pid=os.getpid(),
@@ -160,82 +255,31 @@ def run_worker(settings: Settings, model: str, cores: str = "") -> None:
         backend=settings.backend,
         cores=cores,
         state="loading",
-        visible_cores=os.environ.get("NEURON_RT_VISIBLE_CORES") or os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        visible_cores=settings.neuron_rt_visible_cores or settings.cuda_visible_devices,
         started_at=time.time(),
     )
-    heartbeat = Heartbeat(registry, worker_info, settings.heartbeat_s)
-    heartbeat.beat()
-    heartbeat.start()
-    try:
-        # 1. Load and warm the pipeline before consuming anything.
-        load_started = time.perf_counter()
-        backend = load_backend(settings.backend, model_info, settings)
-        load_s = time.perf_counter() - load_started
-        warm_s = warm_up(backend, model_info) if settings.warmup else 0.0
-        log.info("worker %s: model %s loaded in %.2fs, warmed in %.2fs", name, model, load_s, warm_s)
-        # 2. Wire the runner: generation on this thread, storage on the finisher thread.
-        store = JobStore(client, keys, retention_s=settings.job_retention_s)
-        storage = S3Storage(settings)
-        in_flight = InFlight()
-        heartbeat.store, heartbeat.in_flight, heartbeat.lease_s = store, in_flight, settings.lease_s
-        finisher = Finisher(store, storage, in_flight)
-        config = RunnerConfig(
-            worker_name=name,
-            lease_s=settings.lease_s,
-            max_attempts=settings.max_attempts,
-            progress_interval_s=settings.progress_interval_s,
-        )
-        cancels = CancelRequests()
-        listener = CancelListener(
-            redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30),
-            keys.cancel_channel(),
-            in_flight,
-            cancels,
-        )
-        listener.start()
-        runner = Runner(store, backend, finisher, config, worker_info, in_flight, cancels)
-        app = create_worker_app(settings, runner)
-        reconciler = ReconcilerThread(
-            Reconciler(
-                store, owner=f"{name}:{os.getpid()}", interval_s=settings.reconcile_interval_s, lease_s=settings.lease_s
-            )
-        )
-        reconciler.start()
+    in_flight = InFlight()
+    cancels = CancelRequests()
+    reconciler = Reconciler(
+        store, owner=f"{name}:{os.getpid()}", interval_s=settings.reconcile_interval_s, lease_s=settings.lease_s
+    )
+    return Worker(
+        settings=settings,
+        model=model_info,
+        info=info,
+        registry=registry,
+        store=store,
+        in_flight=in_flight,
+        cancels=cancels,
+        finisher=Finisher(store, S3Storage(settings), in_flight),
+        heartbeat=Heartbeat(
+            registry, info, store, in_flight, interval_s=settings.heartbeat_s, lease_s=settings.lease_s
+        ),
+        listener=CancelListener(create_redis(settings, Role.PUBSUB), keys.cancel_channel(), in_flight, cancels),
+        reconciler=ReconcilerThread(reconciler),
+    )
 
-        @signals.worker_ready.connect(weak=False)
-        def _ready(**_: object) -> None:
-            worker_info.state = "ready"
-            worker_info.ready_at = time.time()
-            heartbeat.beat()
 
-        @signals.worker_shutting_down.connect(weak=False)
-        def _stopping(**_: object) -> None:
-            worker_info.state = "stopping"
-            heartbeat.beat()
-
-        # 3. Consume only this model's queue, one message at a time, on this thread.
-        try:
-            app.worker_main(
-                [
-                    "worker",
-                    "--pool=solo",
-                    "--concurrency=1",
-                    f"--queues={celery_queue(model)}",
-                    f"--hostname={name}",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                    "--loglevel=INFO",
-                ]
-            )
-        finally:
-            # Warm shutdown (Celery may leave through SystemExit): store what was generated.
-            finisher.drain()
-            reconciler.stop()
-            listener.stop()
-    finally:
-        heartbeat.stop()
-        try:
-            registry.remove(name)
-        except redis.RedisError:
-            pass
+def run_worker(settings: Settings, model: str, cores: str = "") -> None:
+    """Build and run one worker process until it is shut down."""
+    create_worker(settings, model, cores).run()

@@ -23,7 +23,7 @@ from jobs.workers import WorkerInfo
 from worker.encode import encode_image
 from worker.pipelines.base import Backend, GenerationRequest, image_seeds
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dq.worker")
 
 
 class JobCanceled(Exception):
@@ -262,7 +262,7 @@ class Runner:
             if now - last_report[0] < interval_s or step >= request.num_inference_steps:
                 return
             last_report[0] = now
-            answer = self.store.progress(job_id, model, attempt, step, lease_s=lease_s)
+            answer = self.store.progress(job_id, attempt, step, lease_s=lease_s)
             if answer == "cancel":
                 raise JobCanceled(job_id)
             if answer == "lost":

@@ -13,7 +13,7 @@ from PIL import Image
 
 from worker.pipelines.base import GenerationRequest, StepCallback, image_seeds
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dq.worker")
 
 
 class DiffusersBackend:
