@@ -210,13 +210,16 @@ return job.status
 
 REQUEUE = Script(
     name="requeue",
-    doc="running with an expired lease → queued again with a new broker message (or canceled)",
+    doc="running → queued again with a new broker message (or canceled), when its lease expired "
+    "or when the attempt holding it gives it back",
     keys=("job", "running", "queued", "canceled", "queue", "broker", *OUTBOX),
-    args=("now", "retention_s", "broker_message"),
+    args=("now", "retention_s", "broker_message", "attempt"),  # attempt '' = only if the lease expired
     prelude=PRELUDE,
     body=r"""
-local job = fetch('status', 'lease_until', 'seq', 'cancel_requested')
-if job.status ~= 'running' or tonumber(job.lease_until or '0') >= tonumber(A.now) then return 'lease_live' end
+local job = fetch('status', 'lease_until', 'seq', 'cancel_requested', 'attempts')
+if job.status ~= 'running' then return 'held' end
+if A.attempt == '' and tonumber(job.lease_until or '0') >= tonumber(A.now) then return 'held' end
+if A.attempt ~= '' and job.attempts ~= A.attempt then return 'held' end
 if job.cancel_requested == '1' then
   redis.call('HSET', K.job, 'status', 'canceled', 'completed_at', A.now)
   move(job, K.running, K.canceled)

@@ -59,6 +59,8 @@ class Settings:
     progress_interval_s: float = 0.25  # a worker writes progress (and renews its lease) at most this often
     progress_event_interval_s: float = 0.5  # `job.progress` webhook events at most this often per job
     heartbeat_s: float = 2.0
+    stall_s: float = 0.0  # a generation with no step this long is stalled (0: from the warm-up, ≥ the floor)
+    stall_floor_s: float = 30.0
     warmup: bool = True
     reconcile_interval_s: float = 2.0
     emulated_seconds: float = 0.0  # DQ_BACKEND=emulated: seconds each job holds the "core"

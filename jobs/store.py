@@ -56,7 +56,7 @@ class CancelOutcome(str, enum.Enum):
 class RequeueOutcome(str, enum.Enum):
     REQUEUED = "requeued"  # back to queued with a new broker message
     CANCELED = "canceled"  # its cancel had been requested: ended canceled instead
-    LEASE_LIVE = "lease_live"  # still running under a live lease (or no longer running)
+    HELD = "held"  # left alone: a live lease, another attempt holds it, or no longer running
 
 
 @dataclass
@@ -393,13 +393,26 @@ class JobStore:
         return CancelOutcome(as_text(self._cancel(keys, args)))
 
     def requeue_if_lease_expired(self, job_id: str, model: str, now: float | None = None) -> RequeueOutcome:
-        """A running job whose lease expired goes back to the queue with a new broker message.
+        """A running job whose lease expired goes back to the queue with a new broker message
+        (the reconciler: its worker died or hung). Its next start counts another attempt.
 
         Returns:
             ``RequeueOutcome.REQUEUED``; ``CANCELED`` (its cancel had been requested, so it
-            ends canceled instead); ``LEASE_LIVE`` (still held, or no longer running).
+            ends canceled instead); ``HELD`` (the lease is live, or it is no longer running).
         """
-        now = time.time() if now is None else now
+        return self._requeue_job(job_id, model, None, time.time() if now is None else now)
+
+    def give_back(self, job_id: str, model: str, attempt: int) -> RequeueOutcome:
+        """The attempt holding a running job gives it back to the queue (its worker stalled and
+        is about to exit), at once rather than when the lease runs out.
+
+        Returns:
+            ``RequeueOutcome.REQUEUED``, ``CANCELED`` (a cancel was pending) or ``HELD`` (this
+            attempt no longer holds it).
+        """
+        return self._requeue_job(job_id, model, attempt, time.time())
+
+    def _requeue_job(self, job_id: str, model: str, attempt: int | None, now: float) -> RequeueOutcome:
         keys = {
             "job": self.keys.job(job_id),
             "running": self._index(JobStatus.RUNNING),
@@ -409,7 +422,12 @@ class JobStore:
             "broker": celery_queue(model),
             **self._outbox(job_id),
         }
-        args = {"now": now, "retention_s": self.retention_s, "broker_message": task_message(job_id, model)}
+        args = {
+            "now": now,
+            "retention_s": self.retention_s,
+            "broker_message": task_message(job_id, model),
+            "attempt": "" if attempt is None else attempt,
+        }
         return RequeueOutcome(as_text(self._requeue(keys, args)))
 
     def _transition(

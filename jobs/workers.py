@@ -15,7 +15,7 @@ import redis
 
 from jobs.keys import Keys
 
-WORKER_STATES = ("loading", "ready", "busy", "stopping")
+WORKER_STATES = ("loading", "ready", "busy", "stalled", "stopping")
 
 
 @dataclass

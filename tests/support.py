@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
+import redis
 from PIL import Image
 
 from jobs.settings import Settings
@@ -48,3 +51,56 @@ class PoisonBackend(EmulatedBackend):
 
 def poison_backend(path: Path, settings: Settings) -> PoisonBackend:
     return PoisonBackend(settings.emulated_seconds)
+
+
+class HangingBackend(EmulatedBackend):
+    """The emulated accelerator, which hangs forever at step 2 (like a wedged NeuronCore) for
+    'hang' prompts while the marker file ``$DQ_TEST_HANG_MARKER`` exists; the process that hangs
+    consumes the marker (so the re-run elsewhere does not hang) and writes the time it hung."""
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
+        marker = Path(os.environ.get("DQ_TEST_HANG_MARKER", "/nonexistent"))
+        if "hang" not in request.prompt:
+            return super().generate(request, on_step)
+
+        def hanging_step(step: int) -> None:
+            on_step(step)
+            if step == 2:
+                try:
+                    marker.unlink()
+                except FileNotFoundError:
+                    return
+                marker.with_suffix(".hung").write_text(repr(time.time()))
+                threading.Event().wait()  # blocks forever, the GIL released (as a runtime call would)
+
+        return super().generate(request, hanging_step)
+
+
+def hanging_backend(path: Path, settings: Settings) -> HangingBackend:
+    return HangingBackend(settings.emulated_seconds)
+
+
+class StepRecordingBackend(EmulatedBackend):
+    """The emulated accelerator, which RPUSHes ``<step> <time>`` to ``test:steps:<seed>`` in Redis
+    after each step it finishes, so a test knows exactly which steps ran and when. With
+    'slow-decode' in the prompt it also spends 1.5 s after the last step (a long VAE decode)."""
+
+    def __init__(self, seconds_per_job: float, redis_url: str) -> None:
+        super().__init__(seconds_per_job)
+        self.client = redis.Redis.from_url(redis_url)
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
+        key = f"test:steps:{request.seed}"
+
+        def recording_step(step: int) -> None:
+            self.client.rpush(key, f"{step} {time.time()!r}")
+            on_step(step)
+
+        images = super().generate(request, recording_step)
+        if "slow-decode" in request.prompt:
+            time.sleep(1.5)
+        return images
+
+
+def step_recording_backend(path: Path, settings: Settings) -> StepRecordingBackend:
+    return StepRecordingBackend(settings.emulated_seconds, settings.redis_url)

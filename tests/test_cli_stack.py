@@ -63,7 +63,12 @@ def test_dq_up_serves_the_client_commands_and_stops_clean(tmp_path: Path, models
         assert bad.returncode == 1 and "width" in bad.stderr
         models = json.loads(dq(api, "models", cwd=tmp_path).stdout)["data"]
         assert {m["name"] for m in models} >= {"tiny-sd", "tiny-static"}
-        assert next(m for m in models if m["name"] == "tiny-sd")["workers"]["ready"] == 1
+
+        def ready_workers() -> int:  # the worker shows "busy" until its next heartbeat after a job
+            listed = json.loads(dq(api, "models", cwd=tmp_path).stdout)["data"]
+            return int(next(m for m in listed if m["name"] == "tiny-sd")["workers"]["ready"])
+
+        wait_until(lambda: ready_workers() == 1, 30, "the worker ready again")
 
         tree = set(process_tree(up.pid)) - {up.pid}
         assert len(tree) >= 5  # redis, weed, gunicorn (+ its workers), webhooks, launcher (+ worker)

@@ -4,7 +4,11 @@ errors are told apart (retry 5xx, not 4xx), presigned GETs serve the bytes."""
 from __future__ import annotations
 
 import hashlib
+import http.client
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 import urllib3
@@ -41,3 +45,59 @@ def test_a_client_error_fails_at_once_instead_of_retrying(
     with pytest.raises(UploadFailed) as info:
         storage.put("k", b"x", "png", {})
     assert info.value.status == 403 and time.monotonic() - started < 5  # a 4xx is not retried
+
+
+class FlakyS3:
+    """A real HTTP front for SeaweedFS that answers the first ``failures`` PUTs with a 5xx (as S3
+    does under load: 500 InternalError, 503 SlowDown) and forwards everything else unchanged
+    (same Host header, so the SigV4 signature still verifies)."""
+
+    def __init__(self, upstream: str, failures: list[int]) -> None:
+        self.upstream = urlsplit(upstream)
+        self.failures = list(failures)
+        self.answered: list[int] = []
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_PUT(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if front.failures:
+                    status = front.failures.pop(0)
+                    reply = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                else:
+                    conn = http.client.HTTPConnection(front.upstream.hostname, front.upstream.port, timeout=10)
+                    conn.request("PUT", self.path, body=body, headers=dict(self.headers.items()))
+                    answer = conn.getresponse()
+                    status, reply = answer.status, answer.read()
+                    conn.close()
+                front.answered.append(status)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_s3_5xx_is_retried_until_the_upload_lands(s3_settings: Settings, s3_service: Service) -> None:
+    front = FlakyS3(s3_service.url, [503, 500, 503])
+    try:
+        storage = S3Storage(s3_settings.with_(s3_endpoint_url=front.url, s3_upload_retry_s=30))
+        stored = storage.put("outputs/m/job-5xx/0.png", b"\x89PNG after three 5xx", "png", {"job-id": "job-5xx"})
+        assert front.answered == [503, 500, 503, 200] and stored.bytes == len(b"\x89PNG after three 5xx")
+        direct = S3Storage(s3_settings)  # the object really is in the bucket
+        body = direct.client.get_object(Bucket=s3_settings.s3_bucket, Key="outputs/m/job-5xx/0.png")["Body"].read()
+        assert body == b"\x89PNG after three 5xx"
+    finally:
+        front.close()

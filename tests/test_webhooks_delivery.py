@@ -5,6 +5,7 @@ delivery time, claims, redelivery and the retention of the attempt records."""
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -316,3 +317,31 @@ def test_https_goes_to_the_pinned_address_with_the_urls_name_for_sni_and_verific
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_a_host_that_stops_resolving_is_retried_not_dropped(
+    store: JobStore, deliverers: Any, receiver: Receiver
+) -> None:
+    answers: list[Any] = [socket.gaierror(-2, "Name or service not known"), ["127.0.0.1"]]
+
+    def flaky_dns(host: str, port: int) -> list[str]:
+        assert host == "hooks.example.test"
+        answer = answers.pop(0) if answers else ["127.0.0.1"]
+        if isinstance(answer, Exception):
+            raise answer
+        return list(answer)
+
+    job_id = canceled_job(store, f"http://hooks.example.test:{receiver.port}/hook")
+    deliverer = deliverers(webhook_retry_schedule_s="0,0.05,0.05")
+    deliverer.resolve = flaky_dns
+    deliverer.deliver_due()
+    time.sleep(0.1)
+    deliverer.deliver_due()
+    first, second = attempts(deliverer.outbox, job_id)
+    assert (first["outcome"], first["status_code"]) == ("retrying", None)
+    assert "does not resolve" in first["error"]
+    assert (second["delivery_id"], second["outcome"], second["status_code"]) == (first["delivery_id"], "delivered", 204)
+    (request,) = receiver.snapshot()
+    assert (
+        request.webhook_id == first["delivery_id"] and request.headers["host"] == f"hooks.example.test:{receiver.port}"
+    )

@@ -3,18 +3,20 @@
 It verifies every request's signature with ``standardwebhooks`` and records it. What it
 answers is set by ``mode``: ``"ok"`` (204), ``"error"`` (500), ``"hang"`` (never answers
 within the deliverer's timeout) or an int status; ``script`` holds replies used first, one
-per request. ``stop()`` closes the port (connections are refused) and ``start()`` opens it
-again on the same port.
+per request (``Reply.delay_s`` makes one slow). ``stop()`` closes the port (connections are
+refused) and ``start()`` opens it again on the same port.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from standardwebhooks import Webhook
@@ -32,6 +34,7 @@ class Received:
     verified: bool
     answered: int | None  # the status we answered; None: we hung up without answering
     at: float = field(default_factory=time.time)
+    peer_pid: int | None = None  # the process that sent it (with ``track_peers``)
 
     @property
     def webhook_id(self) -> str:
@@ -47,6 +50,7 @@ class Reply:
     status: int | None  # None: hang
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    delay_s: float = 0.0  # answer this much later (a slow receiver, within the timeout)
 
 
 class _Server(ThreadingHTTPServer):
@@ -65,11 +69,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {k.lower(): v for k, v in self.headers.items()}
         reply = receiver.next_reply()
-        receiver.record(Received(self.path, headers, body, receiver.verify(body, headers), reply.status))
+        peer = peer_pid(self.client_address[1], receiver.port) if receiver.track_peers else None
+        receiver.record(Received(self.path, headers, body, receiver.verify(body, headers), reply.status, peer_pid=peer))
         if reply.status is None:
             receiver.release.wait(HANG_S)
             self.close_connection = True
             return
+        if reply.delay_s:
+            time.sleep(reply.delay_s)
         self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
@@ -81,9 +88,34 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def peer_pid(peer_port: int, our_port: int) -> int | None:
+    """The pid owning the local end of a loopback TCP connection (``/proc/net/tcp`` inode, then
+    the process with that socket among its file descriptors)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if int(local.rsplit(":", 1)[1], 16) == peer_port and int(remote.rsplit(":", 1)[1], 16) == our_port:
+                inode = fields[9]
+    if inode is None:
+        return None
+    wanted = f"socket:[{inode}]"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) == wanted for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
 class Receiver:
-    def __init__(self, secret: str, host: str = "127.0.0.1") -> None:
+    def __init__(self, secret: str, host: str = "127.0.0.1", track_peers: bool = False) -> None:
         self.webhook = Webhook(secret)
+        self.track_peers = track_peers
         self.host = host
         self.port = 0
         self.mode: str | int = "ok"

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -28,52 +29,14 @@ from jobs.storage import S3Storage
 from jobs.store import JobStore
 from jobs.transport import GENERATE_TASK, make_celery
 from jobs.workers import WorkerInfo, WorkerRegistry
+from worker.liveness import Heartbeat, Holding, InFlight, heartbeat_ttl_s
 from worker.pipelines import load_backend
 from worker.pipelines.base import Backend, GenerationRequest
 from worker.pipelines.tiny import ensure_embedded_model
-from worker.runner import CancelRequests, Finisher, InFlight, Runner, RunnerConfig
+from worker.runner import CancelRequests, Finisher, Runner, RunnerConfig
 
 log = logging.getLogger("dq.worker")
-
-
-class Heartbeat(threading.Thread):
-    """Publishes this worker's state and renews the leases of its jobs every ``interval_s``
-    (generation renews at every step too; this covers the VAE decode and the upload)."""
-
-    def __init__(
-        self,
-        registry: WorkerRegistry,
-        info: WorkerInfo,
-        store: JobStore,
-        in_flight: InFlight,
-        *,
-        interval_s: float,
-        lease_s: float,
-    ) -> None:
-        super().__init__(name="dq-heartbeat", daemon=True)
-        self.registry = registry
-        self.info = info
-        self.store = store
-        self.in_flight = in_flight
-        self.interval_s = interval_s
-        self.lease_s = lease_s
-        self._stop_event = threading.Event()
-
-    def beat(self) -> None:
-        try:
-            self.registry.publish(self.info, ttl_s=max(3 * self.interval_s, 5.0))
-            for job_id, attempt in self.in_flight.snapshot().items():
-                self.store.renew(job_id, attempt, lease_s=self.lease_s)
-        except redis.RedisError as exc:
-            log.warning("heartbeat failed: %s", exc)
-
-    def run(self) -> None:
-        self.beat()
-        while not self._stop_event.wait(self.interval_s):
-            self.beat()
-
-    def stop(self) -> None:
-        self._stop_event.set()
+EXIT_STALLED = 75  # the launcher restarts a child whatever its exit code; this one says why
 
 
 class CancelListener(threading.Thread):
@@ -98,7 +61,7 @@ class CancelListener(threading.Thread):
                     if message is None:
                         continue
                     job_id = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
-                    if job_id in self.in_flight.snapshot():
+                    if job_id in self.in_flight:
                         self.cancels.add(job_id)
             except redis.RedisError as exc:
                 log.warning("cancel listener: %s; resubscribing", exc)
@@ -110,8 +73,16 @@ class CancelListener(threading.Thread):
         self._stop_event.set()
 
 
-def warm_up(backend: Backend, info: ModelInfo) -> float:
-    """One small generation at the model's shape before taking any job."""
+@dataclass(frozen=True)
+class WarmUp:
+    seconds: float
+    longest_gap_s: float  # between signs of life: start → first step → … → last step → images
+    pixels: int  # width × height × images
+
+
+def warm_up(backend: Backend, info: ModelInfo) -> WarmUp:
+    """One small generation at the model's shape before taking any job; its timing sets the
+    stall limit (``RunnerConfig.stall_after_s``)."""
     request = GenerationRequest(
         prompt="warm-up",
         negative_prompt=None,
@@ -122,9 +93,47 @@ def warm_up(backend: Backend, info: ModelInfo) -> float:
         height=info.default_height,
         num_images=info.num_images[0] if info.static else 1,
     )
-    started = time.perf_counter()
-    backend.generate(request, lambda step: None)
-    return time.perf_counter() - started
+    marks = [time.perf_counter()]
+    backend.generate(request, lambda step: marks.append(time.perf_counter()))
+    marks.append(time.perf_counter())
+    gap = max(b - a for a, b in zip(marks, marks[1:], strict=False))
+    return WarmUp(marks[-1] - marks[0], gap, request.width * request.height * request.num_images)
+
+
+class GiveBack:
+    """What a worker does when a generation stalls (a wedged core never returns): show
+    ``state: stalled``, store what was already generated, give the job back to the queue (its
+    attempt counted), and exit — the launcher starts a fresh process, as nothing can interrupt
+    the stuck call from inside."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        registry: WorkerRegistry,
+        info: WorkerInfo,
+        finisher: Finisher,
+        *,
+        ttl_s: float,
+        exit: Callable[[int], object] = os._exit,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.info = info
+        self.finisher = finisher
+        self.ttl_s = ttl_s
+        self.exit = exit
+
+    def __call__(self, held: Holding) -> None:
+        log.error("job %s: no step for %.1f s: generation stalled; giving it back", held.job_id, held.stall_after_s)
+        self.info.state, self.info.current_job = "stalled", held.job_id
+        try:
+            self.registry.publish(self.info, ttl_s=self.ttl_s)
+            self.finisher.drain(timeout_s=10.0)
+            outcome = self.store.give_back(held.job_id, held.model, held.attempt)
+            log.error("job %s attempt %d: %s; exiting for a fresh process", held.job_id, held.attempt, outcome.value)
+        except redis.RedisError as exc:  # the lease runs out and the reconciler re-queues it
+            log.error("job %s: could not give it back (%s); exiting", held.job_id, exc)
+        self.exit(EXIT_STALLED)
 
 
 def default_worker_name(model: str, cores: str) -> str:
@@ -162,7 +171,7 @@ class Worker:
         """Blocks until the worker is shut down (SIGTERM / SIGINT: warm shutdown)."""
         self.heartbeat.start()  # state "loading" from now on
         try:
-            backend = self.load()
+            backend, warm = self.load()
             runner = Runner(
                 self.store,
                 backend,
@@ -172,10 +181,15 @@ class Worker:
                     lease_s=self.settings.lease_s,
                     max_attempts=self.settings.max_attempts,
                     progress_interval_s=self.settings.progress_interval_s,
+                    stall_s=self.settings.stall_s,
+                    stall_floor_s=self.settings.stall_floor_s,
+                    warm_gap_s=warm.longest_gap_s if warm else 0.0,
+                    warm_pixels=warm.pixels if warm else 1,
                 ),
                 self.info,
                 self.in_flight,
                 self.cancels,
+                on_state_change=self.heartbeat.poke,
             )
             self.listener.start()
             self.reconciler.start()
@@ -183,14 +197,15 @@ class Worker:
         finally:
             self.shutdown()
 
-    def load(self) -> Backend:
+    def load(self) -> tuple[Backend, WarmUp | None]:
         """Load the pipeline and warm it up, before consuming anything."""
         started = time.perf_counter()
         backend = load_backend(self.settings.backend, self.model, self.settings)
         load_s = time.perf_counter() - started
-        warm_s = warm_up(backend, self.model) if self.settings.warmup else 0.0
+        warm = warm_up(backend, self.model) if self.settings.warmup else None
+        warm_s = warm.seconds if warm else 0.0
         log.info("worker %s: %s loaded in %.2fs, warmed in %.2fs", self.info.name, self.model.name, load_s, warm_s)
-        return backend
+        return backend, warm
 
     def consume(self, runner: Runner) -> None:
         """Consume only this model's queue, one message at a time, on this thread (solo pool)."""
@@ -263,6 +278,8 @@ def create_worker(settings: Settings, model: str, cores: str = "") -> Worker:
     reconciler = Reconciler(
         store, owner=f"{name}:{os.getpid()}", interval_s=settings.reconcile_interval_s, lease_s=settings.lease_s
     )
+    finisher = Finisher(store, S3Storage(settings), in_flight)
+    give_back = GiveBack(store, registry, info, finisher, ttl_s=heartbeat_ttl_s(settings.heartbeat_s))
     return Worker(
         settings=settings,
         model=model_info,
@@ -271,9 +288,15 @@ def create_worker(settings: Settings, model: str, cores: str = "") -> Worker:
         store=store,
         in_flight=in_flight,
         cancels=cancels,
-        finisher=Finisher(store, S3Storage(settings), in_flight),
+        finisher=finisher,
         heartbeat=Heartbeat(
-            registry, info, store, in_flight, interval_s=settings.heartbeat_s, lease_s=settings.lease_s
+            registry,
+            info,
+            store,
+            in_flight,
+            give_back,
+            interval_s=settings.heartbeat_s,
+            lease_s=settings.lease_s,
         ),
         listener=CancelListener(create_redis(settings, Role.PUBSUB), keys.cancel_channel(), in_flight, cancels),
         reconciler=ReconcilerThread(reconciler),

@@ -11,7 +11,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -21,6 +22,7 @@ from jobs.storage import S3Storage, output_key
 from jobs.store import JobStore
 from jobs.workers import WorkerInfo
 from worker.encode import encode_image
+from worker.liveness import InFlight
 from worker.pipelines.base import Backend, GenerationRequest, image_seeds
 
 log = logging.getLogger("dq.worker")
@@ -50,32 +52,29 @@ class Generated:
     generation_seconds: float
 
 
+STALL_FACTOR = 10  # a step may take this many times the slowest gap seen in the warm-up
+
+
 @dataclass
 class RunnerConfig:
     worker_name: str
     lease_s: float = 30.0
     max_attempts: int = 3
     progress_interval_s: float = 0.25  # write progress (renews the lease) at most this often
+    stall_s: float = 0.0  # no step for this long = stalled; 0: derived from the warm-up
+    stall_floor_s: float = 30.0  # the derived limit is never below this
+    warm_gap_s: float = 0.0  # the longest gap between signs of life in the warm-up
+    warm_pixels: int = 1  # width × height × images of the warm-up call
 
-
-@dataclass
-class InFlight:
-    """Jobs this process holds a lease on (the heartbeat renews them)."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    jobs: dict[str, int] = field(default_factory=dict)
-
-    def add(self, job_id: str, attempt: int) -> None:
-        with self.lock:
-            self.jobs[job_id] = attempt
-
-    def remove(self, job_id: str) -> None:
-        with self.lock:
-            self.jobs.pop(job_id, None)
-
-    def snapshot(self) -> dict[str, int]:
-        with self.lock:
-            return dict(self.jobs)
+    def stall_after_s(self, job_input: dict[str, Any]) -> float:
+        """How long this job's generation may go without a step before it counts as stalled:
+        ``DQ_STALL_S`` when set, else the warm-up's slowest gap × 10, scaled by the job's
+        pixels against the warm-up's, never under ``DQ_STALL_FLOOR_S``."""
+        if self.stall_s > 0:
+            return self.stall_s
+        pixels = int(job_input["width"]) * int(job_input["height"]) * int(job_input["num_images"])
+        scale = max(pixels / max(self.warm_pixels, 1), 1.0)
+        return max(self.stall_floor_s, STALL_FACTOR * self.warm_gap_s * scale)
 
 
 class CancelRequests:
@@ -188,7 +187,8 @@ class Runner:
         config: RunnerConfig,
         info: WorkerInfo,
         in_flight: InFlight,
-        cancels: CancelRequests | None = None,
+        cancels: CancelRequests,
+        on_state_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -196,7 +196,8 @@ class Runner:
         self.config = config
         self.info = info
         self.in_flight = in_flight
-        self.cancels = cancels or CancelRequests()
+        self.cancels = cancels
+        self.on_state_change = on_state_change  # publish the worker's state now (busy / ready)
 
     def run(self, job_id: str, model: str) -> None:
         # 1. Claim the job: queued → running (anything else: acknowledge and skip).
@@ -207,8 +208,9 @@ class Runner:
             log.info("job %s: skipped (status %s)", job_id, claim.status)
             return
         attempt = claim.attempt
-        self.in_flight.add(job_id, attempt)
+        self.in_flight.add(job_id, model, attempt, self.config.stall_after_s(claim.input))
         self.info.state, self.info.current_job = "busy", job_id
+        self.on_state_change()
         # 2. Generate on this thread, reporting each step.
         try:
             images, seconds = self._generate(job_id, model, attempt, claim.input)
@@ -233,6 +235,8 @@ class Runner:
         finally:
             self.info.state, self.info.current_job = "ready", ""
             self.cancels.discard(job_id)
+            self.on_state_change()
+        self.in_flight.finishing(job_id)
         self.info.last_pipeline_seconds = round(seconds, 4)
         self.info.jobs_done += 1
         # 3. Hand over: encode, upload and commit happen off this thread.
@@ -250,6 +254,7 @@ class Runner:
         last_report = [started]
 
         def on_step(step: int) -> None:
+            self.in_flight.beat(job_id)
             # A cancel announced on pub/sub stops the run at this step, before the VAE decode.
             if job_id in self.cancels:
                 raise JobCanceled(job_id)
