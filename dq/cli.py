@@ -73,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="compile a model into compiled/<name>/ (or build the tiny one)")
     comp.add_argument("model", nargs="?", help="hub id or local diffusers directory to export")
     comp.add_argument("--tiny", action="store_true", help="build the embedded tiny model")
-    comp.add_argument("--name", help="directory under DQ_MODELS_DIR (default tiny-sd, or from the model)")
+    comp.add_argument("--sdxl", action="store_true", help="tiny: the SDXL variant (two text encoders)")
+    comp.add_argument(
+        "--emulate-neuron",
+        action="store_true",
+        help="tiny: write it as optimum-cli export neuron does, traced on the CPU (no Neuron SDK)",
+    )
+    comp.add_argument("--name", help="directory under DQ_MODELS_DIR (default tiny-sd…, or from the model)")
     comp.add_argument("--static", action="store_true", help="tiny: declare a static (Neuron-style) shape")
     comp.add_argument("--height", type=int)
     comp.add_argument("--width", type=int)
@@ -297,18 +303,39 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _build_tiny(settings: Settings, args: argparse.Namespace) -> int:
-    from dq.compile import valid_name
-    from worker.pipelines.tiny import TINY_SIDE, StaticShape, build_tiny_model
+    from dq.compile import ExportSpec, run_emulated_export, valid_name
+    from worker.pipelines.tiny import TINY_SIDE, StaticShape, build_tiny_model, build_tiny_sdxl_model
 
-    out = settings.models_dir / valid_name(args.name or "tiny-sd")
+    default_name = ("tiny-sdxl" if args.sdxl else "tiny-sd") + ("-neuron" if args.emulate_neuron else "")
+    out = settings.models_dir / valid_name(args.name or default_name)
+    width, height = args.width or TINY_SIDE, args.height or TINY_SIDE
+    spec = ExportSpec(
+        model="tiny",
+        output=out,
+        height=height,
+        width=width,
+        batch_size=args.batch_size,
+        num_images_per_prompt=args.num_images_per_prompt,
+        auto_cast=args.auto_cast,
+        auto_cast_type=args.auto_cast_type,
+        instance_type=args.instance_type,
+    )
+    try:
+        if args.emulate_neuron:
+            spec.validate()
+    except ValueError as exc:
+        print(f"dq compile: {exc}", file=sys.stderr)
+        return 2
     if out.exists() and not args.force:
         print(f"dq compile: {out} exists (use --force to rebuild)", file=sys.stderr)
         return 0
-    static = None
-    if args.static:
-        width, height = args.width or TINY_SIDE, args.height or TINY_SIDE
-        static = StaticShape(width, height, args.batch_size, args.num_images_per_prompt)
-    build_tiny_model(out, static)
+    if args.emulate_neuron:
+        run_emulated_export(spec, sdxl=args.sdxl)
+    elif args.sdxl:
+        build_tiny_sdxl_model(out)
+    else:
+        static = StaticShape(width, height, args.batch_size, args.num_images_per_prompt) if args.static else None
+        build_tiny_model(out, static)
     print(f"dq compile: built {out}", file=sys.stderr)
     _print_capabilities(out)
     return 0

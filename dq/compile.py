@@ -2,8 +2,11 @@
 
 A thin wrapper over ``optimum-cli export neuron`` (the documented export surface): it
 builds the command, runs it, then reads back the artifact's capabilities so the user sees
-exactly what the API will enforce. Compiling needs optimum-neuron (inf2/trn1, or any host
-with ``--instance-type``); SDXL takes ~37 min and ~92 GB RAM on CPU.
+exactly what the API will enforce. Compiling needs optimum-neuron with the Neuron SDK
+(inf2/trn1, or any host with ``--instance-type``); SDXL takes ~37 min and ~92 GB RAM on CPU.
+
+``--tiny --emulate-neuron`` needs neither: the tiny pipeline is written in the same layout,
+traced on the CPU (``worker.pipelines.neuron_export``), to check the software path first.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.pipelines.neuron import INSTALL_HINT
+from worker.pipelines.neuron import INSTALL_HINT, NEURON_SDK_MODULES
 
 AUTO_CAST = ("none", "matmul", "all")
 AUTO_CAST_TYPES = ("bf16", "fp16", "tf32")
@@ -81,7 +84,10 @@ def export_command(spec: ExportSpec, cli: str = "optimum-cli") -> list[str]:
 
 
 def optimum_neuron_available() -> bool:
-    return importlib.util.find_spec("optimum") is not None and importlib.util.find_spec("optimum.neuron") is not None
+    """optimum-neuron and the Neuron SDK parts its exporter imports (torch-neuronx, neuronx-cc)."""
+    if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.neuron") is None:
+        return False
+    return all(importlib.util.find_spec(name) is not None for name in NEURON_SDK_MODULES)
 
 
 def run_export(spec: ExportSpec) -> int:
@@ -93,3 +99,20 @@ def run_export(spec: ExportSpec) -> int:
     command = export_command(spec, cli)
     print("dq compile: " + " ".join(command), file=sys.stderr)
     return subprocess.run(command, check=False).returncode
+
+
+def run_emulated_export(spec: ExportSpec, sdxl: bool = False) -> int:
+    """The tiny pipeline as an emulated Neuron artifact at ``spec.output`` (``spec.model`` unused)."""
+    from worker.pipelines.neuron_export import CompilerOptions, build_emulated_tiny
+    from worker.pipelines.tiny import StaticShape
+
+    spec.validate()
+    shape = StaticShape(spec.width, spec.height, spec.batch_size, spec.num_images_per_prompt)
+    auto_cast = None if spec.auto_cast == "none" else spec.auto_cast
+    options = CompilerOptions(
+        auto_cast=auto_cast,
+        auto_cast_type=spec.auto_cast_type if auto_cast else None,
+        instance_type=spec.instance_type or "inf2",
+    )
+    build_emulated_tiny(spec.output, shape, options, sdxl=sdxl)
+    return 0

@@ -4,7 +4,10 @@ A compiled Optimum Neuron pipeline records its static shapes in each component's
 ``config.json`` under ``neuron``: ``static_batch_size``, ``static_height`` and
 ``static_width`` (latent units for unet / vae_decoder), ``compiler_version``,
 ``auto_cast``, ``auto_cast_type`` ... A plain diffusers directory has no such section and
-accepts any multiple of 8 within limits. Reading JSON only: no torch, safe for the API.
+accepts any multiple of 8 within limits. The per-job schedulers a model offers come from its
+``scheduler/scheduler_config.json`` and a static table (no diffusers import here; the table is
+checked against diffusers in tests/test_neuron_scheduler.py). Reading JSON only: no torch,
+safe for the API.
 """
 
 from __future__ import annotations
@@ -24,6 +27,47 @@ MAX_DYNAMIC_SIDE = 2048
 # CFG-split data parallelism (optimum-neuron "unet" mode) puts the conditional and the
 # unconditional half of the batch on the two cores: it needs guidance_scale > 1.
 CFG_SPLIT_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionImg2Img")
+
+# Per-job schedulers: API name -> (diffusers class, options over the model's own scheduler config).
+# Built in the worker with ``getattr(diffusers, cls).from_config(model_config, **options)``, so the
+# model's betas, prediction type and timestep spacing carry over. Not offered: LMS (needs scipy),
+# DPM++ SDE (needs torchsde), DDPM (made for ~1000 steps).
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),  # PLMS, as SD 1.5 ships it
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm2": ("KDPM2DiscreteScheduler", {}),
+    "dpm2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": False}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "deis": ("DEISMultistepScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+# diffusers 0.35 ``KarrasDiffusionSchedulers``: each lists all the others in ``_compatibles``, so
+# any of them can be built from a model whose scheduler is one of them (SD 1.x/2.x, SDXL).
+KARRAS_COMPATIBLE = frozenset(
+    {
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "PNDMScheduler",
+        "LMSDiscreteScheduler",
+        "EulerDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "DEISMultistepScheduler",
+        "UniPCMultistepScheduler",
+        "DPMSolverSDEScheduler",
+        "EDMEulerScheduler",
+    }
+)
+# Pipelines whose loader replaces the scheduler (LCM) offer no other.
+FIXED_SCHEDULER_PIPELINES = ("LatentConsistencyModelPipeline",)
 
 
 @dataclass(frozen=True)
@@ -45,6 +89,8 @@ class ModelInfo:
     auto_cast: str | None = None
     auto_cast_type: str | None = None
     requires_guidance_above_one: bool = False
+    schedulers: tuple[str, ...] = ()  # names a job may choose (`scheduler`); none chosen: the model's own
+    default_scheduler: str | None = None  # the model's own, by name when it is in SCHEDULERS
     neuron: dict[str, Any] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
@@ -97,6 +143,24 @@ def resolve_shape(
     return (ResolvedShape(w, h, n) if not errors else None), errors
 
 
+def scheduler_errors(info: ModelInfo, name: str | None) -> list[FieldError]:
+    """A named scheduler must be one the model offers; ``None`` means the model's own."""
+    if name is None or name in info.schedulers:
+        return []
+    offered = f"one of {list(info.schedulers)}" if info.schedulers else "only its own (omit the field)"
+    return [FieldError("scheduler", f"model {info.name!r} runs scheduler {offered}, not {name!r}")]
+
+
+def model_schedulers(path: Path, pipeline_class: str) -> dict[str, Any]:
+    """``schedulers`` / ``default_scheduler`` for ModelInfo, from ``scheduler/scheduler_config.json``."""
+    config = _read_json(path / "scheduler" / "scheduler_config.json") or {}
+    own = str(config.get("_class_name", ""))
+    fixed = pipeline_class.removeprefix("Neuron").startswith(FIXED_SCHEDULER_PIPELINES)
+    names = () if fixed or own not in KARRAS_COMPATIBLE else tuple(SCHEDULERS)
+    default = next((n for n, (cls, options) in SCHEDULERS.items() if cls == own and not options), None)
+    return {"schedulers": names, "default_scheduler": default}
+
+
 def _one_of(values: tuple[int, ...]) -> str:
     return " or ".join(str(v) for v in values) if len(values) < 4 else f"one of {list(values)}"
 
@@ -145,6 +209,7 @@ def read_model(path: Path) -> ModelInfo:
             auto_cast_type=_opt_str(neuron.get("auto_cast_type")),
             requires_guidance_above_one=base.startswith(CFG_SPLIT_PIPELINES),
             neuron=neuron,
+            **model_schedulers(path, pipeline_class),
         )
     sample = int(denoiser.get("sample_size") or 64)
     side = sample * scale
@@ -158,6 +223,7 @@ def read_model(path: Path) -> ModelInfo:
         default_height=side,
         static=False,
         max_side=min(MAX_DYNAMIC_SIDE, max(4 * side, 256)),
+        **model_schedulers(path, pipeline_class),
     )
 
 

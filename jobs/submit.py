@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from jobs.capabilities import ModelCatalog, resolve_shape
+from jobs.capabilities import ModelCatalog, resolve_shape, scheduler_errors
 from jobs.errors import FieldError, ValidationFailed
 from jobs.models import MAX_SEED, JobRequest
 
@@ -72,7 +72,8 @@ def prepare_job(
             f"unknown model {model_name!r}", [FieldError("model", f"unknown model {model_name!r}; known: {known}")]
         )
     shape, errors = resolve_shape(info, request.width, request.height, request.num_images, request.guidance_scale)
-    if shape is None:
+    errors = [*errors, *scheduler_errors(info, request.scheduler)]
+    if shape is None or errors:
         raise ValidationFailed(f"model {model_name!r} cannot run this request: " + errors[0].message, errors)
     drawn = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     job_input = {
@@ -88,6 +89,8 @@ def prepare_job(
         "ttl_seconds": request.ttl_seconds if request.ttl_seconds is not None else ttl_s,
         "timeout_seconds": request.timeout_seconds if request.timeout_seconds is not None else timeout_s,
     }
+    if request.scheduler is not None:  # omitted: the model's own scheduler
+        job_input["scheduler"] = request.scheduler
     return PreparedJob(
         model=model_name,
         input=job_input,

@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# On an inf2 instance: compile SD 1.5 at 512x512 (once), start the stack with one worker per
-# NeuronCore pair, run N jobs, print per-image latency and images/s, stop everything.
+# On an inf2 instance: check the software side (about a minute), compile SD 1.5 at 512x512
+# (once), start the stack with one worker per NeuronCore pair, run N jobs, print per-image
+# latency and images/s, stop everything.
 #
 #   pip install -e '.[neuron]' --extra-index-url https://pip.repos.neuron.amazonaws.com
 #   scripts/inf2-smoke.sh [JOBS] [MODEL_ID]
 #
 # Uses DQ_REDIS_URL / DQ_S3_ENDPOINT_URL when set (else a local redis-server and SeaweedFS).
+# DQ_SMOKE_SKIP_CHECK=1 skips the software check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${1:-40}
 MODEL_ID=${2:-stable-diffusion-v1-5/stable-diffusion-v1-5}
 NAME=${DQ_SMOKE_MODEL:-sd15-512}
 PORT=${DQ_SMOKE_PORT:-8000}
+
+# Before a ~40-minute compile: our neuron backend through optimum-neuron's real pipeline class on
+# an emulated (CPU-traced) artifact, then the real Neuron SDK's imports. See docs/neuron.md.
+if [ "${DQ_SMOKE_SKIP_CHECK:-0}" != 1 ]; then
+  python scripts/inf2_smoke.py --check-software
+fi
 
 if [ ! -f "compiled/$NAME/model_index.json" ]; then
   dq compile "$MODEL_ID" --name "$NAME" --height 512 --width 512 \

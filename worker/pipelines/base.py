@@ -1,4 +1,5 @@
-"""The one small interface every pipeline backend implements."""
+"""The one small interface every pipeline backend implements, and the plain helpers they share
+(per-image seeds, denoising progress as steps). No torch here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-# Called after each denoising step with the number of steps done; raises to stop the run.
+# Called after each denoising step with the number of steps done (1 … num_inference_steps, the
+# last only once, at the end); raises to stop the run.
 StepCallback = Callable[[int], None]
 
 
@@ -22,6 +24,7 @@ class GenerationRequest:
     width: int
     height: int
     num_images: int
+    scheduler: str | None = None  # a name from jobs.capabilities.SCHEDULERS; None: the model's own
 
     @classmethod
     def from_input(cls, job_input: dict[str, Any]) -> GenerationRequest:
@@ -34,12 +37,29 @@ class GenerationRequest:
             width=int(job_input["width"]),
             height=int(job_input["height"]),
             num_images=int(job_input["num_images"]),
+            scheduler=job_input.get("scheduler"),
         )
 
 
 def image_seeds(seed: int, count: int) -> list[int]:
     """Image i of a job is generated from its own seed, so each output is reproducible alone."""
     return [(seed + i) % 4_294_967_296 for i in range(count)]
+
+
+def steps_done(callback_index: int, num_callbacks: int | None, num_steps: int) -> int:
+    """The step count to report after diffusers' ``callback_on_step_end`` number ``callback_index``
+    (0-based) of ``num_callbacks``.
+
+    diffusers calls back once per scheduler timestep, which is not always once per requested
+    step: PNDM gives steps + 1 calls, Heun and KDPM2 2 × steps - 1. Scaled to the requested
+    steps (rounded down) and clamped, the count never decreases, never exceeds ``num_steps``,
+    and reaches it only at the last call, so "the last step" still means "denoising is over".
+    Without ``num_callbacks`` it is only clamped.
+    """
+    index = callback_index + 1
+    if not num_callbacks or num_callbacks == num_steps:
+        return min(index, num_steps)
+    return min(num_steps, index * num_steps // num_callbacks)
 
 
 class Backend(Protocol):

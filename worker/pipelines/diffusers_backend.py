@@ -1,6 +1,8 @@
 """Any local diffusers pipeline directory (or hub id where a network exists), CPU or CUDA.
 
-The embedded tiny model loads through exactly this path (``from_pretrained``).
+The embedded tiny model loads through exactly this path (``from_pretrained``). Also owns what
+every diffusers-based pipeline (this one and Optimum Neuron's) shares: the per-job scheduler
+swap and the step callback that reports progress in requested steps.
 """
 
 from __future__ import annotations
@@ -11,9 +13,51 @@ from typing import Any
 
 from PIL import Image
 
-from worker.pipelines.base import GenerationRequest, StepCallback, image_seeds
+from jobs.capabilities import SCHEDULERS
+from worker.pipelines.base import GenerationRequest, StepCallback, image_seeds, steps_done
 
 log = logging.getLogger("dq.worker")
+
+
+class SchedulerSwitch:
+    """A job's scheduler on a loaded pipeline, swapped in place (no reload, no recompile).
+
+    Each named scheduler is built once, from the model's own scheduler config, and kept; a job
+    that names none gets the model's own back. Schedulers hold per-run state, reset by
+    ``set_timesteps`` at the start of every call, and a pipeline is never called concurrently.
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.default = pipe.scheduler
+        self._built: dict[str, Any] = {}
+
+    def use(self, name: str | None) -> None:
+        self.pipe.scheduler = self.default if name is None else self._get(name)
+
+    def _get(self, name: str) -> Any:
+        if name not in self._built:
+            import diffusers
+
+            try:
+                class_name, options = SCHEDULERS[name]
+            except KeyError:
+                raise ValueError(f"unknown scheduler {name!r}; known: {sorted(SCHEDULERS)}") from None
+            scheduler_class = getattr(diffusers, class_name)
+            self._built[name] = scheduler_class.from_config(self.default.config, **options)
+            log.info("scheduler %s: built %s from the model's config", name, class_name)
+        return self._built[name]
+
+
+def step_callback(request: GenerationRequest, on_step: StepCallback) -> Any:
+    """``callback_on_step_end`` reporting requested steps, whatever the scheduler's call count."""
+    total = request.num_inference_steps
+
+    def step_end(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        on_step(steps_done(step_index, getattr(pipe, "num_timesteps", None), total))
+        return callback_kwargs
+
+    return step_end
 
 
 class DiffusersBackend:
@@ -36,15 +80,12 @@ class DiffusersBackend:
         self.pipe: Any = DiffusionPipeline.from_pretrained(str(model_path), **options)
         self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
+        self.schedulers = SchedulerSwitch(self.pipe)
 
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
         torch = self._torch
         generators = [torch.Generator("cpu").manual_seed(s) for s in image_seeds(request.seed, request.num_images)]
-
-        def step_end(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            on_step(step_index + 1)
-            return callback_kwargs
-
+        self.schedulers.use(request.scheduler)
         with torch.inference_mode():
             result = self.pipe(
                 prompt=request.prompt,
@@ -56,7 +97,7 @@ class DiffusersBackend:
                 num_images_per_prompt=request.num_images,
                 generator=generators,
                 output_type="pil",
-                callback_on_step_end=step_end,
+                callback_on_step_end=step_callback(request, on_step),
             )
         images: list[Image.Image] = result.images
         return images

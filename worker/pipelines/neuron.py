@@ -4,14 +4,19 @@ Imported lazily: only a worker whose backend is ``neuron`` imports optimum-neuro
 only in the worker process (never in the launcher), after ``NEURON_RT_VISIBLE_CORES``
 was set for it. The UNet is placed on both visible cores by the library
 (``data_parallel_mode="unet"``: the CFG batch is split across the pair); shapes are those
-compiled into the artifact, checked by the API before a job is queued.
+compiled into the artifact, checked by the API before a job is queued and again here.
 
-Verified here only up to the import boundary; the generation call is exercised on inf2.
+What runs where (docs/neuron.md): on the CPU, CI runs this class unchanged through the real
+optimum-neuron pipeline classes on an emulated artifact (``worker.pipelines.neuron_export``),
+with test-only stand-ins for the Neuron SDK modules; compiled NEFFs, the Neuron runtime and
+two-core data parallelism run only on inf2.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +24,18 @@ from PIL import Image
 
 from jobs.capabilities import ModelInfo
 from worker.pipelines.base import GenerationRequest, StepCallback, image_seeds
+from worker.pipelines.diffusers_backend import SchedulerSwitch, step_callback
+
+log = logging.getLogger("dq.worker")
 
 INSTALL_HINT = (
-    "optimum-neuron is not installed. On an inf2 instance (Neuron DLAMI) run: "
+    "optimum-neuron is not installed with the Neuron SDK (torch-neuronx, neuronx-cc). On an inf2 "
+    "instance (Neuron DLAMI) run: "
     "pip install -e '.[neuron]' --extra-index-url https://pip.repos.neuron.amazonaws.com"
 )
+
+# Imported by optimum-neuron's pipeline and exporter modules; from the Neuron SDK's repository only.
+NEURON_SDK_MODULES = ("torch_neuronx", "neuronxcc")
 
 # model_index.json `_class_name` (with or without the Neuron prefix) -> optimum.neuron class
 PIPELINE_CLASSES = {
@@ -47,10 +59,24 @@ def neuron_class_name(pipeline_class: str) -> str:
 
 
 def import_optimum_neuron() -> Any:
+    """optimum.neuron, once the Neuron SDK parts its pipeline classes import are there."""
+    missing = [name for name in NEURON_SDK_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RuntimeError(f"{INSTALL_HINT} (missing: {', '.join(missing)})")
     try:
         return importlib.import_module("optimum.neuron")
     except ImportError as exc:
         raise RuntimeError(INSTALL_HINT) from exc
+
+
+def pipeline_class(pipeline_class_name: str) -> Any:
+    """The optimum.neuron class; its module imports torch_neuronx, so a missing SDK shows here."""
+    name = neuron_class_name(pipeline_class_name)
+    module = import_optimum_neuron()
+    try:
+        return getattr(module, name)
+    except (ImportError, RuntimeError) as exc:  # transformers' lazy module wraps the ImportError
+        raise RuntimeError(f"{INSTALL_HINT} (importing {name}: {exc})") from exc
 
 
 class NeuronBackend:
@@ -59,31 +85,55 @@ class NeuronBackend:
     def __init__(self, model_path: str | Path, info: ModelInfo) -> None:
         import torch
 
-        cls = getattr(import_optimum_neuron(), neuron_class_name(info.pipeline_class))
+        cls = pipeline_class(info.pipeline_class)
         self._torch = torch
         self.info = info
         self.pipe: Any = cls.from_pretrained(str(model_path))
         self.pipe.set_progress_bar_config(disable=True)
+        self.schedulers = SchedulerSwitch(self.pipe)
 
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
-        torch = self._torch
-        generators = [torch.Generator("cpu").manual_seed(s) for s in image_seeds(request.seed, request.num_images)]
+        """One job through the compiled pipeline.
 
-        def step_end(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            on_step(step_index + 1)
-            return callback_kwargs
-
+        The artifact's shapes are static: the pipeline renders its compiled width × height
+        whatever it is asked, so a request for another shape is refused here rather than
+        answered with an image of the wrong size. A compiled batch of B prompts is filled with
+        the job's prompt; the job keeps its own images (its first ``num_images``) and the rest
+        of the static batch is discarded.
+        """
+        self._check_shape(request)
+        batch = max(self.info.batch_size, 1)
+        count = batch * request.num_images
+        generators = [self._torch.Generator("cpu").manual_seed(s) for s in image_seeds(request.seed, count)]
+        if batch > 1:
+            log.debug("static batch %d: %d padding image(s) discarded", batch, count - request.num_images)
+        self.schedulers.use(request.scheduler)
         result = self.pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
+            prompt=[request.prompt] * batch,
+            negative_prompt=None if request.negative_prompt is None else [request.negative_prompt] * batch,
             num_inference_steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale,
             num_images_per_prompt=request.num_images,
             generator=generators,
-            callback_on_step_end=step_end,
+            callback_on_step_end=step_callback(request, on_step),
         )
-        images: list[Image.Image] = result.images
+        images: list[Image.Image] = result.images[: request.num_images]
         return images
+
+    def _check_shape(self, request: GenerationRequest) -> None:
+        info = self.info
+        if not info.static:
+            return
+        if request.width not in info.widths or request.height not in info.heights:
+            raise ValueError(
+                f"model {info.name!r} is compiled for {info.widths[0]}x{info.heights[0]}, "
+                f"not {request.width}x{request.height}"
+            )
+        if request.num_images not in info.num_images:
+            raise ValueError(
+                f"model {info.name!r} is compiled for {info.num_images[0]} image(s) per prompt, "
+                f"not {request.num_images}"
+            )
 
     def close(self) -> None:
         self.pipe = None

@@ -1,9 +1,11 @@
-"""The embedded default model: a tiny random-weight Stable Diffusion pipeline.
+"""The embedded default model: a tiny random-weight Stable Diffusion pipeline (and an SDXL twin).
 
 Built deterministically (fixed seeds, generated tokenizer vocabulary) with
 ``save_pretrained`` into ``compiled/tiny-sd/`` and loaded back with ``from_pretrained``,
 offline, exactly like a real model. ``static`` writes an Optimum-Neuron-style ``neuron``
 section into the component configs, so static-shape handling is exercised without inf2.
+The SDXL twin (two text encoders, text-time conditioning) is the source of the emulated
+SDXL Neuron export (``worker.pipelines.neuron_export``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 TINY_SIDE = 64  # pixels; latent 32 with the 2-block VAE (scale factor 2)
 VAE_SCALE_FACTOR = 2
+TEXT_HIDDEN = 32  # CLIP hidden size of the tiny text encoders
 
 
 @dataclass(frozen=True)
@@ -50,54 +54,15 @@ def _write_tokenizer(directory: Path) -> None:
 
 
 def build_tiny_model(out_dir: Path, static: StaticShape | None = None) -> Path:
-    """Build into a temporary directory, then move into place (never a half-written model)."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    """Build the tiny SD pipeline into a temporary directory, then move it into place (never a
+    half-written model)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
-        tmp_path = Path(tmp)
-        _write_tokenizer(tmp_path / "tokenizer-src")
-        tokenizer = CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer-src"))
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            sample_size=TINY_SIDE // VAE_SCALE_FACTOR,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            norm_num_groups=32,
-        )
-        torch.manual_seed(0)
-        vae = AutoencoderKL(
-            block_out_channels=[32, 64],
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-            latent_channels=4,
-            sample_size=TINY_SIDE,
-        )
-        torch.manual_seed(0)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                bos_token_id=len(tokenizer) - 2,
-                eos_token_id=len(tokenizer) - 1,
-                pad_token_id=len(tokenizer) - 1,
-                hidden_size=32,
-                intermediate_size=37,
-                layer_norm_eps=1e-05,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-            )
-        )
+    def make(tokenizer: Any) -> Any:
+        unet = _tiny_unet(cross_attention_dim=32)
+        vae = _tiny_vae()
+        text_encoder = _tiny_text_encoder(CLIPTextModel, tokenizer)
         scheduler = DDIMScheduler(
             beta_start=0.00085,
             beta_end=0.012,
@@ -106,7 +71,7 @@ def build_tiny_model(out_dir: Path, static: StaticShape | None = None) -> Path:
             set_alpha_to_one=False,
             steps_offset=1,
         )
-        pipe = StableDiffusionPipeline(
+        return StableDiffusionPipeline(
             vae=vae,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
@@ -116,8 +81,59 @@ def build_tiny_model(out_dir: Path, static: StaticShape | None = None) -> Path:
             feature_extractor=None,
             requires_safety_checker=False,
         )
+
+    return _build(out_dir, make, static)
+
+
+def build_tiny_sdxl_model(out_dir: Path) -> Path:
+    """The tiny SDXL pipeline: two CLIP text encoders (the second with a projection), a UNet with
+    SDXL's text-time conditioning, Euler scheduler. Same tokenizer for both encoders."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    def make(tokenizer: Any) -> Any:
+        unet = _tiny_unet(
+            cross_attention_dim=2 * TEXT_HIDDEN,  # both encoders' hidden states, concatenated
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + TEXT_HIDDEN,  # 6 time ids x 8 + pooled text
+        )
+        vae = _tiny_vae()
+        text_encoder = _tiny_text_encoder(CLIPTextModel, tokenizer)
+        text_encoder_2 = _tiny_text_encoder(CLIPTextModelWithProjection, tokenizer, projection_dim=TEXT_HIDDEN)
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
+        return StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+        )
+
+    return _build(out_dir, make, None)
+
+
+def _build(out_dir: Path, make: Callable[[Any], Any], static: StaticShape | None) -> Path:
+    from transformers import CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
+        tmp_path = Path(tmp)
+        _write_tokenizer(tmp_path / "tokenizer-src")
+        pipe = make(CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer-src")))
         staged = tmp_path / "model"
-        pipe.save_pretrained(str(staged), safe_serialization=True)  # type: ignore[attr-defined]
+        pipe.save_pretrained(str(staged), safe_serialization=True)
         if static is not None:
             declare_static_shape(staged, static)
         if out_dir.exists():
@@ -127,6 +143,62 @@ def build_tiny_model(out_dir: Path, static: StaticShape | None = None) -> Path:
         staged.chmod(0o755)
         staged.rename(out_dir)
     return out_dir
+
+
+def _tiny_unet(**options: Any) -> Any:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=TINY_SIDE // VAE_SCALE_FACTOR,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+        **options,
+    )
+
+
+def _tiny_vae() -> Any:
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=TINY_SIDE,
+    )
+
+
+def _tiny_text_encoder(model_class: Any, tokenizer: Any, **options: Any) -> Any:
+    import torch
+    from transformers import CLIPTextConfig
+
+    torch.manual_seed(0)
+    return model_class(
+        CLIPTextConfig(
+            bos_token_id=len(tokenizer) - 2,
+            eos_token_id=len(tokenizer) - 1,
+            pad_token_id=len(tokenizer) - 1,
+            hidden_size=TEXT_HIDDEN,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            **options,
+        )
+    )
 
 
 def declare_static_shape(model_dir: Path, shape: StaticShape) -> None:

@@ -1,0 +1,1 @@
+"""Test-only stand-in for ``libneuronxla`` (the Neuron compile cache). Verified only on inf2."""
