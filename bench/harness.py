@@ -224,7 +224,12 @@ def stack(models_dir: Path | None = None, **env: str) -> Iterator[Stack]:
             os.environ.update({k: v for k, v in base_env.items() if k.startswith("AWS_")})
             bench_stack = Stack(workdir, redis_service, s3, models, base_env)
             _, bench_stack.api_key = KeyStore(redis.Redis.from_url(redis_service.url)).create(
-                "bench", label="bench", admin=True, rate_limit_per_s=1e6, rate_limit_burst=1_000_000
+                "bench",
+                label="bench",
+                admin=True,
+                rate_limit_per_s=1e6,
+                rate_limit_burst=1_000_000,
+                max_active_jobs=10**9,
             )
             try:
                 yield bench_stack
