@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import deliveries, errors, health, jobs, models
+from api import auth, deliveries, errors, health, jobs, keys, models
 from api.services import Services
 from jobs.settings import Settings
 
@@ -16,8 +16,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     Services.init_app(app, settings)
     errors.init_app(app)
+    auth.init_app(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(keys.bp)
     deliveries.init_app(app)
     return app

@@ -29,6 +29,7 @@ def init_app(app: Flask) -> None:
         response = problem(exc.status, exc.title, exc.detail, exc.slug, **extra)
         if exc.status == 503:
             response.headers["Retry-After"] = "5"
+        response.headers.update(exc.headers)
         return response
 
     @app.errorhandler(redis.RedisError)

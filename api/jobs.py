@@ -7,66 +7,38 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from api.auth import caller, list_scope
 from api.services import services
-from jobs.errors import (
-    FieldError,
-    IdempotencyConflict,
-    InvalidTransition,
-    JobNotFound,
-    MalformedJSON,
-    ValidationFailed,
-)
+from jobs.admission import admit, check_idempotency_key, prepare
+from jobs.errors import FieldError, InvalidTransition, JobNotFound, MalformedJSON, ValidationFailed
 from jobs.models import JobStatus
-from jobs.store import CancelOutcome, JobRecord
-from jobs.submit import new_job_id, prepare_job
+from jobs.store import ANY_TENANT, CancelOutcome, JobRecord
+from jobs.tenants import TENANT_PATTERN
 from jobs.view import render_job
-from webhooks.ssrf import WebhookURLRefused, check_webhook_url
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
-MAX_IDEMPOTENCY_KEY = 255
 MAX_LIST_LIMIT = 100
 
 
 @bp.post("")
 def create_job() -> Response:
+    """Validate, then create the job in one atomic step with the caller's quota and rate and the
+    model's backpressure: ``202`` (new), ``200`` (the same Idempotency-Key and body again),
+    ``422``, ``429`` / ``503`` with ``Retry-After``."""
     svc = services()
-    body = _json_body()
+    body = json_body()
     idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key is not None and not (0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY):
-        raise ValidationFailed(
-            "invalid Idempotency-Key header",
-            [FieldError("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")],
-        )
-    settings = svc.settings
-    prepared = prepare_job(
-        body, svc.catalog, settings.default_model, ttl_s=settings.job_ttl_s, timeout_s=settings.job_timeout_s
-    )
-    if prepared.webhook:
-        try:
-            check_webhook_url(prepared.webhook, settings.webhook_allowlist)
-        except WebhookURLRefused as exc:
-            raise ValidationFailed(f"webhook refused: {exc}", [FieldError("webhook", str(exc))]) from None
-    job_id = new_job_id()
-    result = svc.store.create(
-        job_id,
-        prepared.model,
-        prepared.input,
-        metadata=prepared.metadata,
-        webhook=prepared.webhook,
-        webhook_events_filter=prepared.webhook_events_filter,
-        idempotency_key=idempotency_key,
-        request_hash=prepared.request_hash,
-        idempotency_ttl_s=svc.settings.idempotency_ttl_s,
-    )
-    if not result.created:
-        if result.request_hash != prepared.request_hash:
-            raise IdempotencyConflict(
-                "this Idempotency-Key was used with a different request body within 24 h",
-                [FieldError("Idempotency-Key", f"already used for job {result.job_id}")],
-            )
-        return _job_response(result.job_id, 200)
-    assert result.record is not None  # created: the store hands back what it wrote
-    return _render(result.record, result.queue_position, 202)
+    check_idempotency_key(idempotency_key)
+    prepared = prepare(body, svc.catalog, svc.settings)
+    who = caller()
+    admitted = admit(svc.store, prepared, who.owner, who.limits, svc.settings, idempotency_key)
+    result = admitted.result
+    if result.record is None:  # the Idempotency-Key named an earlier job with this same body
+        response = _job_response(result.job_id, 200)
+    else:
+        response = _render(result.record, result.queue_position, 202)
+    response.headers.update(admitted.headers)
+    return response
 
 
 @bp.get("/<job_id>")
@@ -79,7 +51,7 @@ def cancel_job(job_id: str) -> Response:
     """Queued: canceled at once (200). Running: the worker stops at its next step (202).
     Already canceled: 200 (idempotent). Succeeded or failed: 409."""
     record = find_job(job_id)
-    outcome = services().store.cancel(job_id, record.model)
+    outcome = services().store.cancel(job_id, record.model, tenant=caller().scope)
     if outcome is CancelOutcome.MISSING:
         raise JobNotFound(f"no job with id {job_id!r}")
     if outcome in (CancelOutcome.SUCCEEDED, CancelOutcome.FAILED):
@@ -89,17 +61,18 @@ def cancel_job(job_id: str) -> Response:
 
 @bp.get("")
 def list_jobs() -> Response:
+    """The caller's jobs, newest first (an admin: everyone's, or ``?tenant=``'s)."""
     svc = services()
     status = _status_arg(request.args.get("status"))
     limit = _int_arg("limit", 20, 1, MAX_LIST_LIMIT)
     cursor = _int_arg("cursor", None, 0, None)
-    page = svc.store.page(status, limit or 20, cursor)
+    page = svc.store.page(tenant=_scope_arg(), status=status, limit=limit or 20, cursor=cursor)
     data = [render_job(r, None, svc.storage.presign) for r in page.jobs]
     return jsonify({"data": data, "next_cursor": page.next_cursor})
 
 
 def _job_response(job_id: str, status: int) -> Response:
-    record, position = services().store.get_with_position(job_id)
+    record, position = services().store.get_with_position(job_id, tenant=caller().scope)
     if record is None:
         raise JobNotFound(f"no job with id {job_id!r}")
     return _render(record, position, status)
@@ -113,13 +86,21 @@ def _render(record: JobRecord, position: int | None, status: int) -> Response:
 
 
 def find_job(job_id: str) -> JobRecord:
-    record = services().store.get(job_id)
+    """The caller's job (an admin: anyone's); ``404`` otherwise, the same as for no such job."""
+    record = services().store.get(job_id, tenant=caller().scope)
     if record is None:
         raise JobNotFound(f"no job with id {job_id!r}")
     return record
 
 
-def _json_body() -> Any:
+def _scope_arg() -> str:
+    scope = list_scope()
+    if scope != ANY_TENANT and not TENANT_PATTERN.fullmatch(scope):
+        raise ValidationFailed("invalid tenant", [FieldError("tenant", "1-64 of a-z, 0-9, '.', '_', '-'")])
+    return scope
+
+
+def json_body() -> Any:
     content_type = request.mimetype
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
         raise ValidationFailed(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from api.auth import admin_only
 from api.services import services
 from jobs.workers import count_by_model
 
@@ -26,5 +27,7 @@ def list_models() -> Response:
 
 
 @bp.get("/workers")
+@admin_only
 def list_workers() -> Response:
+    """Admin only: it names the jobs each worker runs."""
     return jsonify({"data": [w.public() for w in services().workers.live()]})

@@ -13,8 +13,9 @@ from jobs.connections import Role, create_redis
 from jobs.keys import Keys
 from jobs.settings import Settings
 from jobs.storage import S3Storage
-from jobs.store import JobStore
-from jobs.workers import WorkerRegistry
+from jobs.store import Backpressure, JobStore
+from jobs.tenants import KeyCache, KeyStore, Tenants
+from jobs.workers import WorkerRegistry, heartbeat_ttl_s
 
 
 @dataclass
@@ -25,11 +26,15 @@ class Services:
     workers: WorkerRegistry
     catalog: ModelCatalog
     storage: S3Storage
+    api_keys: KeyStore
+    key_cache: KeyCache
+    tenants: Tenants
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> Services:
         client = create_redis(settings, Role.API)
         keys = Keys(settings.key_prefix)
+        api_keys = KeyStore(client, keys)
         services = cls(
             settings=settings,
             redis=client,
@@ -38,10 +43,14 @@ class Services:
                 keys,
                 retention_s=settings.job_retention_s,
                 progress_event_interval_s=settings.progress_event_interval_s,
+                backpressure=backpressure(settings),
             ),
             workers=WorkerRegistry(client, keys),
             catalog=ModelCatalog(settings.models_dir),
             storage=S3Storage(settings),
+            api_keys=api_keys,
+            key_cache=KeyCache(api_keys),
+            tenants=Tenants(client, keys, default_secret=settings.webhook_secret),
         )
         app.extensions["dq"] = services
         # Closed with the app: when it is garbage-collected, or at interpreter exit (gunicorn's
@@ -53,6 +62,15 @@ class Services:
         """Close the long-lived clients (Redis pool, S3 connections)."""
         self.redis.close()
         self.storage.close()
+
+
+def backpressure(settings: Settings) -> Backpressure:
+    return Backpressure(
+        max_backlog=settings.max_backlog,
+        max_wait_s=settings.max_queue_wait_s,
+        worker_stale_s=heartbeat_ttl_s(settings.heartbeat_s),
+        no_worker_s=settings.no_worker_s,
+    )
 
 
 def services() -> Services:

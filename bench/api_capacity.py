@@ -11,8 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import urllib3
-
 from bench.harness import post_json, stack
 
 SUBMIT_LUA = """
@@ -61,14 +59,15 @@ def run(seconds: int = 5, connections: int = 32, workers: int = 2, threads: int 
     }
     with stack() as s:
         api = s.start_api(workers=workers, threads=threads)
-        http = urllib3.PoolManager()
+        http = s.http()
         job = post_json(http, api + "/v1/jobs", {"prompt": "status target", "num_inference_steps": 4})
         # The floor first, then reads, then the submit flood (it grows Redis by ~45,000 jobs, and
         # the AOF with it, which would tax whatever runs after it).
         bare = s.start_api(workers=workers, threads=threads, app="bench.bare_app:create_app()")
         result["bare_flask_get"] = measure(f"{bare}/v1/jobs/{job['id']}", seconds, connections)
-        result["status_read"] = measure(f"{api}/v1/jobs/{job['id']}", seconds, connections)
-        result["submit"] = measure(api + "/v1/jobs", seconds, connections, SUBMIT_LUA)
+        auth = f'wrk.headers["Authorization"] = "Bearer {s.api_key}"\n'
+        result["status_read"] = measure(f"{api}/v1/jobs/{job['id']}", seconds, connections, auth)
+        result["submit"] = measure(api + "/v1/jobs", seconds, connections, SUBMIT_LUA + auth)
         result["jobs_created"] = s.client().zcard("dq:jobs")
     json.dumps(result)
     return result

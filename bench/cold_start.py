@@ -9,8 +9,6 @@ import time
 from datetime import datetime
 from typing import Any
 
-import urllib3
-
 from bench.harness import ROOT, get_json, post_json, stack
 
 LOAD = "from worker.pipelines.diffusers_backend import DiffusersBackend;DiffusersBackend({path!r}, torch_threads=1)"
@@ -27,7 +25,7 @@ def run(jobs: int = 5) -> dict[str, Any]:
     bare = min(bare_load_seconds() for _ in range(3))
     with stack() as s:
         api = s.start_api()
-        http = urllib3.PoolManager()
+        http = s.http()
         ids = [
             post_json(http, api + "/v1/jobs", {"prompt": "early", "num_inference_steps": 4})["id"] for _ in range(jobs)
         ]

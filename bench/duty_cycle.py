@@ -9,15 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
-import urllib3
-
-from bench.harness import ROOT, get_json, post_json, stack
+from bench.harness import ROOT, Stack, get_json, post_json, stack
 
 
-def backlog_duty(api: str, client: redis.Redis, body: dict[str, Any], jobs: int, timeout_s: float) -> dict[str, Any]:
+def backlog_duty(s: Stack, body: dict[str, Any], jobs: int, timeout_s: float) -> dict[str, Any]:
     """Submit the whole backlog, wait (watching Redis, not loading the API), then read the jobs."""
-    http = urllib3.PoolManager(maxsize=4)
+    api, client, http = s.api_url, s.client(), s.http(maxsize=4)
     client.delete("dq:jobs:succeeded", "dq:jobs:failed")
     ids = [post_json(http, api + "/v1/jobs", {**body, "seed": i})["id"] for i in range(jobs)]
     deadline = time.monotonic() + timeout_s
@@ -57,12 +54,12 @@ def run(tiny_jobs: int = 200, emulated_jobs: int = 30) -> dict[str, Any]:
         shutil.copytree(ROOT / "compiled" / "tiny-sd", models / "emu-512")
         declare_static_shape(models / "emu-512", StaticShape(512, 512))
         with stack(models_dir=models) as s:
-            api = s.start_api()
+            s.start_api()
             s.start_workers(1, DQ_TORCH_THREADS="1")
             body = {"prompt": "a pig with wings", "num_inference_steps": 4}
-            result["tiny"] = backlog_duty(api, s.client(), body, tiny_jobs, 600)
+            result["tiny"] = backlog_duty(s, body, tiny_jobs, 600)
             s.stop_workers()
             s.start_workers(1, model="emu-512", DQ_BACKEND="emulated", DQ_EMULATED_SECONDS="2.0")
             body = {"prompt": "a pig with wings", "num_inference_steps": 25, "model": "emu-512"}
-            result["emulated_inf2"] = backlog_duty(api, s.client(), body, emulated_jobs, 600)
+            result["emulated_inf2"] = backlog_duty(s, body, emulated_jobs, 600)
     return result

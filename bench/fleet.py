@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import redis
-import urllib3
 
 from bench.harness import post_json, stack
 
@@ -43,7 +42,7 @@ def run(workers: int = 48, job_s: float = 0.5, window_s: float = 20.0, steps: in
         s.start_workers(workers, DQ_BACKEND="emulated", DQ_EMULATED_SECONDS=str(job_s), wait=False)
         s.wait_workers(workers, timeout_s=600)
         client = s.client()
-        http = urllib3.PoolManager(maxsize=8)
+        http = s.http(maxsize=8)
         body = {"prompt": "fleet", "num_inference_steps": steps}
         stop = threading.Event()
 

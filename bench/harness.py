@@ -25,6 +25,7 @@ from dq.procs import Service, free_port, process_tree, stop_process, wait_until
 from dq.redis_server import start_redis
 from dq.seaweedfs import create_bucket, s3_env, start_seaweedfs
 from jobs.keys import Keys
+from jobs.tenants import KeyStore
 from jobs.workers import WorkerRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +111,11 @@ class Stack:
     env: dict[str, str]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     api_url: str = ""
+    api_key: str = ""  # an admin key with limits that a benchmark never reaches (the checks still run)
+
+    def http(self, maxsize: int = 4) -> urllib3.PoolManager:
+        """A connection pool that sends the benchmark's API key with every request."""
+        return urllib3.PoolManager(maxsize=maxsize, headers={"Authorization": f"Bearer {self.api_key}"})
 
     @property
     def redis_url(self) -> str:
@@ -217,6 +223,14 @@ def stack(models_dir: Path | None = None, **env: str) -> Iterator[Stack]:
             }
             os.environ.update({k: v for k, v in base_env.items() if k.startswith("AWS_")})
             bench_stack = Stack(workdir, redis_service, s3, models, base_env)
+            _, bench_stack.api_key = KeyStore(redis.Redis.from_url(redis_service.url)).create(
+                "bench",
+                label="bench",
+                admin=True,
+                rate_limit_per_s=1e6,
+                rate_limit_burst=1_000_000,
+                max_active_jobs=10**9,
+            )
             try:
                 yield bench_stack
             finally:
@@ -227,7 +241,8 @@ def stack(models_dir: Path | None = None, **env: str) -> Iterator[Stack]:
 
 
 def post_json(http: urllib3.PoolManager, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    reply = http.request("POST", url, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    headers = {**http.headers, "Content-Type": "application/json"}
+    reply = http.request("POST", url, body=json.dumps(body).encode(), headers=headers)
     if reply.status != 202:
         raise RuntimeError(f"submit failed: {reply.status} {reply.data[:300]!r}")
     result: dict[str, Any] = json.loads(reply.data)

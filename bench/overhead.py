@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import urllib3
-
 from bench.harness import Receiver, get_json, post_json, stack, summary_ms
 
 BODY = {"prompt": "a pig with wings", "num_inference_steps": 4, "width": 64, "height": 64}
@@ -37,7 +35,7 @@ def run(jobs: int = 60, poll_interval_s: float = 0.002) -> dict[str, Any]:
         s.start_webhooks()
         s.start_workers(1, DQ_TORCH_THREADS="1")
         receiver = Receiver()
-        http = urllib3.PoolManager(maxsize=4)
+        http = s.http(maxsize=4)
         try:
             for _ in range(5):  # warm-up: connection pools, S3 volumes
                 job = post_json(http, api + "/v1/jobs", {**BODY, "webhook": receiver.url})

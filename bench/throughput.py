@@ -9,8 +9,6 @@ import threading
 import time
 from typing import Any
 
-import urllib3
-
 from bench.harness import Receiver, cpu_by_component, cpu_seconds, post_json, stack, summary_ms
 
 
@@ -29,7 +27,7 @@ def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers:
         errors: list[str] = []
 
         def client_loop() -> None:
-            http = urllib3.PoolManager(maxsize=2)
+            http = s.http(maxsize=2)
             while not stop.is_set():
                 started = time.perf_counter()
                 try:
@@ -42,7 +40,7 @@ def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers:
                     latencies.append(time.perf_counter() - started)
 
         for _ in range(20):  # warm-up
-            receiver.wait_terminal(post_json(urllib3.PoolManager(), api + "/v1/jobs", body)["id"])
+            receiver.wait_terminal(post_json(s.http(), api + "/v1/jobs", body)["id"])
         threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
         groups = {
             "api": [p for p in s.procs if "gunicorn" in p.args],

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     launcher.add_argument("--gpus", type=int, help="one worker per GPU, CUDA_VISIBLE_DEVICES=i")
     launcher.set_defaults(func=cmd_worker)
 
-    hooks = sub.add_parser("webhooks", help="deliver webhooks until SIGTERM / Ctrl-C (needs DQ_WEBHOOK_SECRET)")
+    hooks = sub.add_parser("webhooks", help="deliver webhooks until SIGTERM / Ctrl-C (signed per tenant)")
     hooks.set_defaults(func=cmd_webhooks)
 
     comp = sub.add_parser("compile", help="compile a model into compiled/<name>/ (or build the tiny one)")
@@ -119,6 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list models, their shapes and workers")
     _api_arg(models)
     models.set_defaults(func=cmd_models)
+
+    keys = sub.add_parser("keys", help="API keys (straight in Redis: DQ_REDIS_URL)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="a new key, printed once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--label", default="")
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--rate-limit-per-s", type=float, help="submits per second (default: DQ_RATE_LIMIT_PER_S)")
+    create.add_argument("--rate-limit-burst", type=int, help="token bucket size (default: DQ_RATE_LIMIT_BURST)")
+    create.add_argument("--max-active-jobs", type=int, help="queued + running (default: DQ_MAX_ACTIVE_JOBS)")
+    create.add_argument("--max-priority", default="normal", choices=["low", "normal", "high"])
+    create.set_defaults(func=cmd_keys_create)
+    listing = keys_sub.add_parser("list", help="prefix, tenant, label, admin, created, last used")
+    listing.add_argument("--tenant")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its prefix")
+    revoke.add_argument("prefix")
+    revoke.set_defaults(func=cmd_keys_revoke)
     return parser
 
 
@@ -126,8 +144,21 @@ def _api_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", default=None, help="API base URL (default: $DQ_API_URL, else http://127.0.0.1:8000)")
 
 
-def _api_url(args: argparse.Namespace) -> str:
-    return str(args.api or Settings.from_env().api_url)
+def _client(args: argparse.Namespace) -> Client:
+    """The API at ``--api`` (else ``DQ_API_URL``) with ``DQ_API_KEY`` (else ``./.dq-api-key``)."""
+    from dq.stack import API_KEY_FILE, read_api_key_file
+
+    settings = Settings.from_env()
+    key = settings.api_key or read_api_key_file(Path.cwd() / API_KEY_FILE) or ""
+    return Client(str(args.api or settings.api_url), key)
+
+
+def _local_settings() -> Settings:
+    """What ``dq up`` / ``dq demo`` run with: the local admin key and webhook secret added."""
+    from dq.stack import with_local_api_key, with_local_webhooks
+
+    settings = with_local_webhooks(Settings.from_env(), Path.cwd(), out=sys.stderr)
+    return with_local_api_key(settings, Path.cwd(), out=sys.stderr)
 
 
 def _interrupt_on_signals() -> None:
@@ -144,9 +175,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from worker.pipelines.tiny import ensure_embedded_model
 
     _interrupt_on_signals()
-    from dq.stack import LocalStack, sleep_forever, with_local_webhooks
+    from dq.stack import LocalStack, sleep_forever
 
-    settings = with_local_webhooks(Settings.from_env(), Path.cwd(), out=sys.stderr)
+    settings = _local_settings()
     ensure_embedded_model(settings.models_dir, settings.default_model)  # no-op for other models
     with LocalStack(settings, api_port=args.api_port, workers=args.workers or None) as stack:
         stack.wait_ready()
@@ -162,15 +193,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from worker.pipelines.tiny import ensure_embedded_model
 
     _interrupt_on_signals()
-    from dq.stack import LocalStack, with_local_webhooks
+    from dq.stack import LocalStack
 
-    settings = with_local_webhooks(Settings.from_env(), Path.cwd(), out=sys.stderr)
+    settings = _local_settings()
     ensure_embedded_model(settings.models_dir, settings.default_model)  # no-op for other models
     log_path = Path(".dq-demo.log")
     with log_path.open("w") as log_sink, LocalStack(settings, sink=log_sink) as stack:
         print(f"dq demo: stack up (logs in {log_path}); waiting for the worker to warm up…", file=sys.stderr)
         stack.wait_ready()
-        client = Client(stack.api_url)
+        client = Client(stack.api_url, settings.api_key)
         job = client.submit({"prompt": args.prompt, "num_inference_steps": args.steps, "seed": args.seed})
         print(f"dq demo: submitted job {job['id']}", file=sys.stderr)
         final = client.wait(job["id"], timeout_s=300, out=sys.stderr)
@@ -317,7 +348,7 @@ def _print_capabilities(path: Path) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    client = Client(_api_url(args))
+    client = _client(args)
     body: dict[str, Any] = {"prompt": args.prompt}
     for field, value in (
         ("model", args.model),
@@ -344,17 +375,60 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    print_json(Client(_api_url(args)).cancel(args.job_id))
+    print_json(_client(args).cancel(args.job_id))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print_json(Client(_api_url(args)).get(args.job_id))
+    print_json(_client(args).get(args.job_id))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    print_json(Client(_api_url(args)).models())
+    print_json(_client(args).models())
+    return 0
+
+
+def _key_store() -> Any:
+    from jobs.connections import create_redis
+    from jobs.keys import Keys
+    from jobs.tenants import KeyStore
+
+    settings = Settings.from_env()
+    return KeyStore(create_redis(settings), Keys(settings.key_prefix))
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    try:
+        record, key = _key_store().create(
+            args.tenant,
+            label=args.label,
+            admin=args.admin,
+            rate_limit_per_s=args.rate_limit_per_s,
+            rate_limit_burst=args.rate_limit_burst,
+            max_active_jobs=args.max_active_jobs,
+            max_priority=args.max_priority,
+        )
+    except ValueError as exc:
+        print(f"dq keys: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"dq keys: created {record.prefix} for tenant {record.tenant!r}; the key is shown this once:", file=sys.stderr
+    )
+    print(key)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    print_json({"data": [k.public() for k in _key_store().list(args.tenant)]})
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    if not _key_store().revoke(args.prefix):
+        print(f"dq keys: no key with prefix {args.prefix!r}", file=sys.stderr)
+        return 1
+    print(f"dq keys: revoked {args.prefix}", file=sys.stderr)
     return 0
 
 

@@ -21,15 +21,16 @@ class ApiError(RuntimeError):
 
 
 class Client:
-    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, base_url: str, api_key: str = "", timeout_s: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = urllib3.PoolManager(timeout=urllib3.Timeout(total=timeout_s), retries=False)
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        hdrs = {"Content-Type": "application/json", **self.auth, **(headers or {})}
         reply = self.http.request(method, self.base_url + path, body=data, headers=hdrs)
         try:
             payload = json.loads(reply.data) if reply.data else None
@@ -73,7 +74,9 @@ class Client:
             time.sleep(poll_s)
 
     def download(self, url: str) -> bytes:
-        reply = self.http.request("GET", url)
+        """An output: a presigned S3 URL (no API key sent) or an API route (the key sent)."""
+        headers = self.auth if url.startswith(self.base_url) else {}
+        reply = self.http.request("GET", url, headers=headers)
         if reply.status != 200:
             raise ApiError(reply.status, reply.data[:200].decode(errors="replace"))
         return bytes(reply.data)

@@ -18,9 +18,13 @@ import urllib3
 from dq.procs import Service, child_env, free_port, stop_process, wait_until
 from dq.redis_server import start_redis
 from dq.seaweedfs import create_bucket, s3_env, start_seaweedfs
+from jobs.connections import create_redis
+from jobs.keys import Keys
 from jobs.settings import Settings
+from jobs.tenants import DEFAULT_TENANT, KEY_PATTERN, KeyStore, check_secret, new_api_key, new_secret
 
 WEBHOOK_SECRET_FILE = ".dq-webhook-secret"
+API_KEY_FILE = ".dq-api-key"
 LOCAL_WEBHOOK_ALLOWLIST = "127.0.0.1,localhost,::1"  # the local stack only; production allows nothing
 
 
@@ -82,7 +86,12 @@ class LocalStack:
             create_bucket(
                 s3_service.url, self.settings.s3_bucket, s3_service.extra["access_key"], s3_service.extra["secret_key"]
             )
+        if self.settings.auth and self.settings.api_key:  # the local admin key (`with_local_api_key`)
+            KeyStore(create_redis(self.settings), Keys(self.settings.key_prefix)).create(
+                DEFAULT_TENANT, label="local", admin=True, key=self.settings.api_key
+            )
         self.child_env = {**self.settings.to_env(), **credentials}
+        self.child_env.pop("DQ_API_KEY", None)  # a client's secret: no component needs it
         # 3. The API under gunicorn.
         self.api_port = self.api_port or free_port()
         self.spawn(
@@ -172,12 +181,42 @@ class LocalStack:
         self.stop()
 
 
+def with_local_api_key(settings: Settings, directory: Path, out: IO[str] | None = None) -> Settings:
+    """The local stack's admin key (tenant ``default``): ``DQ_API_KEY`` when set (so scripts know
+    it), else the one in ``<directory>/.dq-api-key``, else a new one written there (mode 0600)
+    and printed once. The ``dq`` client commands read the same two places."""
+    if not settings.auth or settings.api_key:
+        return settings
+    path = directory / API_KEY_FILE
+    key = read_api_key_file(path)
+    if key is None:
+        _, key = new_api_key()
+        write_private(path, key)
+        if out is not None:
+            print(f"dq: local admin API key (saved to {path.resolve()}, shown once): {key}", file=out)
+    elif out is not None:
+        print(f"dq: local admin API key: {path.resolve()}", file=out)
+    return settings.with_(api_key=key)
+
+
+def read_api_key_file(path: Path) -> str | None:
+    """The key saved in ``path``, if there is a well-formed one."""
+    key = path.read_text().strip() if path.is_file() else ""
+    return key if KEY_PATTERN.fullmatch(key) else None
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read (mode 0600, also when it existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text + "\n")
+
+
 def with_local_webhooks(settings: Settings, directory: Path, out: IO[str] | None = None) -> Settings:
     """Webhook settings for a local stack: a signing secret (``DQ_WEBHOOK_SECRET``, else the one in
     ``<directory>/.dq-webhook-secret``, else a new one written there, mode 0600) and an allow-list
     of this machine's loopback names (local receivers), unless ``DQ_WEBHOOK_ALLOWLIST`` is set."""
-    from webhooks.signing import check_secret, new_secret
-
     changes: dict[str, str] = {}
     if not settings.is_configured("webhook_allowlist"):
         changes["webhook_allowlist"] = LOCAL_WEBHOOK_ALLOWLIST
@@ -190,10 +229,7 @@ def with_local_webhooks(settings: Settings, directory: Path, out: IO[str] | None
         verb = "uses"
     except ValueError:
         secret = new_secret()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(secret + "\n")
+        write_private(path, secret)
         verb = "wrote"
     if out is not None:
         print(f"dq: webhook signing secret: {verb} {path.resolve()} (verify deliveries with it)", file=out)

@@ -21,10 +21,13 @@ class DQError(Exception):
     title = "Bad request"
     slug = "bad-request"
 
-    def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
+    def __init__(
+        self, detail: str, errors: list[FieldError] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []
+        self.headers = headers or {}  # sent with the problem (WWW-Authenticate, Retry-After, RateLimit)
 
 
 class ValidationFailed(DQError):
@@ -61,3 +64,42 @@ class InvalidTransition(DQError):
     status = 409
     title = "Conflict with the job's state"
     slug = "conflict"
+
+
+class Unauthorized(DQError):
+    """No key, a malformed one, an unknown or a revoked one: the same answer for all."""
+
+    status = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+
+class Forbidden(DQError):
+    status = 403
+    title = "Forbidden"
+    slug = "forbidden"
+
+
+class KeyNotFound(DQError):
+    status = 404
+    title = "API key not found"
+    slug = "not-found"
+
+
+class TooManyRequests(DQError):
+    """The key's rate or quota, or the model's backlog: try again after ``Retry-After``."""
+
+    status = 429
+    title = "Too many requests"
+    slug = "rate-limited"
+
+
+class Overloaded(TooManyRequests):
+    title = "The model's queue is full"
+    slug = "backpressure"
+
+
+class NoWorker(DQError):
+    status = 503
+    title = "No worker for this model"
+    slug = "no-worker"

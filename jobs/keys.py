@@ -3,9 +3,20 @@
 ``dq:job:<id>``            hash   the job: the source of truth for its state
 ``dq:jobs``                zset   every job id, score = creation sequence (newest = highest)
 ``dq:jobs:<status>``       zset   job ids per status, same score (listing with a filter)
+``dq:bytenant``            zset   ``<tenant>|<seq, 16 digits>|<id>`` per job, all scores 0: one
+                                  tenant's jobs, newest first, by ZREVRANGEBYLEX (listing)
+``dq:bytenant:<status>``   zset   the same per status
 ``dq:queue:<model>``       zset   queued job ids per model, same score (queue position)
 ``dq:seq``                 string creation sequence counter
-``dq:idem:<sha256>``       string idempotency record ``<job id> <request sha256>``
+``dq:idem:<sha256>``       string idempotency record ``<job id> <request sha256>``; the digest is
+                                  of ``<tenant>`` NUL ``<Idempotency-Key>``: keys are per tenant
+``dq:apikey:<prefix>``     hash   an API key's record and the SHA-256 of the key (``jobs/tenants.py``)
+``dq:apikeys``             zset   API key prefixes, score = creation time
+``dq:tenant:<name>``       hash   a tenant's webhook secret (and the previous one while rotating)
+``dq:ratelimits``          hash   token buckets: ``<key prefix>:tokens`` and ``<key prefix>:at``
+``dq:active``              hash   ``<key prefix>`` -> jobs of that key queued or running (quota)
+``dq:model:<model>``       hash   per model: ``gen_ewma_s`` (recent generation time), ``worker_seen_at``
+``dq:workers:<model>``     zset   the model's worker names, score = last heartbeat time
 ``dq:worker:<name>``       string a worker's heartbeat, JSON (expires when the worker dies)
 ``dq:workers``             zset   worker names, score = last heartbeat time
 ``dq:reconciler``          string lock held by the one active reconciler
@@ -18,6 +29,10 @@
 ``dq:deliveries:<job id>`` list   webhook delivery attempts of a job (JSON, oldest first)
 Celery queue per model: ``gen.<model>``, kombu's Redis list; the job store LPUSHes messages to
 it in the script that creates or re-queues a job (``jobs/transport.py``).
+
+Per-tenant and per-key state lives in *fields* of a few known keys (``dq:bytenant``,
+``dq:ratelimits``, ``dq:active``), never in keys named after data: every script can then
+declare every key it touches before it knows whose job it will touch.
 """
 
 from __future__ import annotations
@@ -39,15 +54,39 @@ class Keys:
     def jobs_by_status(self, status: str) -> str:
         return f"{self.prefix}:jobs:{status}"
 
+    def by_tenant(self, status: str | None = None) -> str:
+        return f"{self.prefix}:bytenant" + (f":{status}" if status else "")
+
     def queue(self, model: str) -> str:
         return f"{self.prefix}:queue:{model}"
 
     def seq(self) -> str:
         return f"{self.prefix}:seq"
 
-    def idempotency(self, key: str) -> str:
-        digest = hashlib.sha256(key.encode()).hexdigest()
+    def idempotency(self, tenant: str, key: str) -> str:
+        digest = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()
         return f"{self.prefix}:idem:{digest}"
+
+    def api_key(self, prefix: str) -> str:
+        return f"{self.prefix}:apikey:{prefix}"
+
+    def api_keys(self) -> str:
+        return f"{self.prefix}:apikeys"
+
+    def tenant(self, name: str) -> str:
+        return f"{self.prefix}:tenant:{name}"
+
+    def rate_limits(self) -> str:
+        return f"{self.prefix}:ratelimits"
+
+    def active(self) -> str:
+        return f"{self.prefix}:active"
+
+    def model(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}"
+
+    def model_workers(self, model: str) -> str:
+        return f"{self.prefix}:workers:{model}"
 
     def cancel_channel(self) -> str:
         """Pub/sub channel on which a running job's cancel is announced to the workers."""

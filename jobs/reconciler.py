@@ -25,7 +25,7 @@ import redis
 from jobs.connections import as_text
 from jobs.lua import BoundScript, Script
 from jobs.models import JobStatus
-from jobs.store import JobStore, RequeueOutcome
+from jobs.store import ANY_TENANT, JobStore, RequeueOutcome
 
 log = logging.getLogger("dq.reconciler")
 QUEUED_SCAN = 200
@@ -92,7 +92,7 @@ class Reconciler:
 
     def _running(self, now: float, report: TickReport) -> None:
         for job_id in self.store.ids_with_status(JobStatus.RUNNING):
-            record = self.store.get(job_id)
+            record = self.store.get(job_id, tenant=ANY_TENANT)
             if record is None or record.status is not JobStatus.RUNNING:
                 continue
             timeout = float(record.input.get("timeout_seconds") or 0)

@@ -50,6 +50,16 @@ class Settings:
     max_attempts: int = 3  # starts before a job fails as "max_attempts"
     job_retention_s: int = 7 * 86_400
     max_body_bytes: int = 64 * 1024
+    # Identity and limits (`jobs/tenants.py`): defaults for keys that set none; 0 = no limit
+    auth: bool = True  # false: no keys asked, every caller is the admin of tenant "default"
+    api_key: str = ""  # the key the `dq` client commands send (else ./.dq-api-key); `dq up` registers it
+    rate_limit_per_s: float = 100.0  # submits per second per key (token bucket)
+    rate_limit_burst: int = 200
+    max_active_jobs: int = 10_000  # jobs queued + running per key
+    # Backpressure per model: refuse new jobs (429, Retry-After) past these; 0 = never
+    max_backlog: int = 100_000
+    max_queue_wait_s: float = 3600.0  # estimated wait: backlog / live workers × recent generation time
+    no_worker_s: float = 0.0  # 503 when no worker of the model was seen this long (0: accept, scale from zero)
     # Worker
     backend: str = "auto"
     device: str = "cpu"
@@ -69,7 +79,8 @@ class Settings:
     cuda_visible_devices: str = field(default="", metadata={"env": "CUDA_VISIBLE_DEVICES"})
     # Webhooks (`dq webhooks` delivers them; the API checks URLs against the allow-list)
     webhook_allowlist: str = ""  # hosts / CIDRs permitted although private or loopback
-    webhook_secret: str = ""  # whsec_<base64>: signs every delivery (Standard Webhooks)
+    webhook_secret: str = ""  # whsec_<base64>: the first secret of tenant "default" (others get their own)
+    webhook_rotation_s: float = 86_400.0  # after a rotation, deliveries carry both signatures this long
     webhook_retry_schedule_s: str = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
     webhook_timeout_s: float = 10.0  # one attempt, connect to last byte; at most 15
     webhook_concurrency: int = 16  # attempts in flight per `dq webhooks` process

@@ -4,6 +4,10 @@ The job hash is the source of truth; Celery only carries ``(job_id, model)``. Te
 states are final: every script re-checks the current status (and, for a running job, the
 attempt number it was started with, which fences out a stale worker) before it writes.
 The scripts are in ``jobs/scripts.py``; what each can answer is a ``str`` enum here.
+
+Every job belongs to a tenant. The reads and transitions a client reaches take the caller's
+``tenant`` as a required keyword (``ANY_TENANT`` for admins and the workers), so no route
+can forget the check; another tenant's job reads exactly like a missing one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,46 @@ from jobs.keys import Keys, celery_queue
 from jobs.lua import BoundScript
 from jobs.models import JobStatus
 from jobs.transport import task_message
+
+ANY_TENANT = "*"  # the scope of admins, workers and the reconciler (never a tenant's name)
+
+
+class CreateOutcome(str, enum.Enum):
+    """What ``JobStore.create`` did."""
+
+    CREATED = "created"
+    EXISTS = "exists"  # the Idempotency-Key already names a job (compare the request hashes)
+    BACKLOG = "backlog"  # the model's queue is full, or its estimated wait too long (429)
+    NO_WORKER = "no_worker"  # no worker of the model seen for DQ_NO_WORKER_S (503)
+    QUOTA = "quota"  # the key has max_active_jobs queued or running (429)
+    RATE = "rate"  # the key's token bucket is empty (429)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who creates a job: its tenant, and the prefix of the API key ('' when auth is off)."""
+
+    tenant: str
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A key's limits; 0 means none."""
+
+    rate_per_s: float = 0.0
+    burst: int = 0
+    max_active: int = 0
+
+
+@dataclass(frozen=True)
+class Backpressure:
+    """When a model refuses new jobs (0 = never, by that rule)."""
+
+    max_backlog: int = 0
+    max_wait_s: float = 0.0
+    worker_stale_s: float = 10.0  # a worker silent this long no longer counts as live
+    no_worker_s: float = 0.0  # no worker seen this long: 503 (0: accept, e.g. scale from zero)
 
 
 class ClaimOutcome(str, enum.Enum):
@@ -69,6 +113,8 @@ class JobRecord:
     input: dict[str, Any]
     seq: int
     created_at: float
+    tenant: str = ""
+    api_key: str = ""  # prefix of the key that created it
     started_at: float | None = None
     completed_at: float | None = None
     progress_step: int = 0
@@ -101,6 +147,8 @@ class JobRecord:
             input=json.loads(raw["input"]),
             seq=int(raw.get("seq", "0")),
             created_at=float(raw["created_at"]),
+            tenant=raw.get("tenant", ""),
+            api_key=raw.get("key", ""),
             started_at=opt_float("started_at"),
             completed_at=opt_float("completed_at"),
             progress_step=int(raw.get("progress_step") or 0),
@@ -120,11 +168,18 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class CreateResult:
-    created: bool
-    job_id: str
-    request_hash: str  # the stored request's hash (differs from ours on a key reused)
-    record: JobRecord | None = None  # when created: the job as written (no read-back needed)
+    outcome: CreateOutcome
+    job_id: str = ""
+    request_hash: str = ""  # EXISTS: the stored request's hash (differs from ours on a key reused)
+    record: JobRecord | None = None  # CREATED: the job as written (no read-back needed)
     queue_position: int | None = None
+    retry_after_s: float = 0.0  # refused: when trying again may succeed
+    tokens: float | None = None  # the key's rate-limit tokens left (None: no rate limit)
+    active: int | None = None  # the key's jobs queued or running, with this one
+
+    @property
+    def created(self) -> bool:
+        return self.outcome is CreateOutcome.CREATED
 
 
 @dataclass(frozen=True)
@@ -154,12 +209,15 @@ class JobStore:
         *,
         retention_s: int = 7 * 86_400,
         progress_event_interval_s: float = 0.5,
+        backpressure: Backpressure | None = None,
     ) -> None:
         self.redis = client
         self.keys = keys or Keys()
         self.retention_s = retention_s
         self.progress_event_interval_s = progress_event_interval_s
+        self.backpressure = backpressure or Backpressure()
         self._create = BoundScript(client, scripts.CREATE)
+        self._read = BoundScript(client, scripts.READ)
         self._start = BoundScript(client, scripts.START)
         self._progress = BoundScript(client, scripts.PROGRESS)
         self._position = BoundScript(client, scripts.POSITION)
@@ -171,8 +229,11 @@ class JobStore:
     def _outbox(self, job_id: str) -> dict[str, str]:
         return _pick(self.keys.outbox(job_id), scripts.OUTBOX)
 
-    def _index(self, status: JobStatus) -> str:
-        return self.keys.jobs_by_status(status.value)
+    def _indexes(self, status: JobStatus, name: str | None = None) -> dict[str, str]:
+        """The two indexes of ``status`` (by creation order, and by tenant), named for a script:
+        ``{name: …, name_by_tenant: …}`` (``name`` defaults to the status)."""
+        name = name or status.value
+        return {name: self.keys.jobs_by_status(status.value), f"{name}_by_tenant": self.keys.by_tenant(status.value)}
 
     # -- creation -------------------------------------------------------------------
     def create(
@@ -181,6 +242,8 @@ class JobStore:
         model: str,
         job_input: dict[str, Any],
         *,
+        owner: Owner,
+        limits: Limits = Limits(),
         metadata: dict[str, Any] | None = None,
         webhook: str | None = None,
         webhook_events_filter: Iterable[str] | None = None,
@@ -190,18 +253,23 @@ class JobStore:
         extra: dict[str, str] | None = None,
         now: float | None = None,
     ) -> CreateResult:
-        """A new queued job and its broker message, in one atomic step (no orphan either way).
+        """A new queued job and its broker message, in one atomic step (no orphan either way),
+        if the model has room and the owner's key its quota and rate (checked in the same step:
+        no race lets a burst through, and a refused request writes nothing).
 
         Returns:
-            ``CreateResult(created=True, record=…, queue_position=…)`` for a new job, or
-            ``created=False`` with the id and request hash an earlier request with the same
-            ``idempotency_key`` stored (the caller compares the hashes).
+            ``CreateResult`` with ``outcome``: ``CREATED`` (with the record and its queue
+            position), ``EXISTS`` (with the id and request hash an earlier request with the
+            same ``idempotency_key`` stored: the caller compares the hashes), or a refusal —
+            ``BACKLOG``, ``NO_WORKER``, ``QUOTA``, ``RATE`` — with ``retry_after_s``.
         """
         created_at = now if now is not None else time.time()
         fields: dict[str, str] = {
             "id": job_id,
             "status": JobStatus.QUEUED.value,
             "model": model,
+            "tenant": owner.tenant,
+            "key": owner.key,
             "input": _dumps(job_input),
             "created_at": repr(created_at),
             "progress_step": "0",
@@ -219,41 +287,70 @@ class JobStore:
         keys = {
             "job": k.job(job_id),
             "jobs": k.jobs(),
-            "queued": self._index(JobStatus.QUEUED),
+            "by_tenant": k.by_tenant(),
+            **self._indexes(JobStatus.QUEUED),
             "queue": k.queue(model),
             "broker": celery_queue(model),
-            "idempotency": k.idempotency(idempotency_key) if idempotency_key else "",
+            "idempotency": k.idempotency(owner.tenant, idempotency_key) if idempotency_key else "",
             "seq": k.seq(),
+            "rate_limits": k.rate_limits(),
+            "active": k.active(),
+            "model": k.model(model),
+            "model_workers": k.model_workers(model),
         }
+        bp = self.backpressure
         args = {
             "id": job_id,
+            "tenant": owner.tenant,
+            "key": owner.key,
             "request_hash": request_hash,
             "idempotency_ttl_s": idempotency_ttl_s,
             "broker_message": task_message(job_id, model),
+            "now": created_at,
+            "rate_per_s": float(limits.rate_per_s),
+            "burst": limits.burst,
+            "max_active": limits.max_active,
+            "max_backlog": bp.max_backlog,
+            "max_wait_s": float(bp.max_wait_s),
+            "worker_stale_s": float(bp.worker_stale_s),
+            "no_worker_s": float(bp.no_worker_s),
         }
         reply = self._create(keys, args, [item for pair in fields.items() for item in pair])
-        if as_text(reply[0]) == "created":
+        outcome = CreateOutcome(as_text(reply[0]))
+        if outcome is CreateOutcome.CREATED:
             record = JobRecord.from_hash({**fields, "seq": as_text(reply[1])})
-            return CreateResult(True, job_id, request_hash, record, int(reply[2]))
-        existing_id, _, existing_hash = as_text(reply[1]).partition(" ")
-        return CreateResult(False, existing_id, existing_hash)
+            tokens = float(as_text(reply[3]))
+            return CreateResult(
+                outcome,
+                job_id,
+                request_hash,
+                record,
+                int(reply[2]),
+                tokens=tokens if tokens >= 0 else None,
+                active=int(as_text(reply[4])) if owner.key else None,
+            )
+        if outcome is CreateOutcome.EXISTS:
+            existing_id, _, existing_hash = as_text(reply[1]).partition(" ")
+            return CreateResult(outcome, existing_id, existing_hash)
+        return CreateResult(outcome, retry_after_s=float(as_text(reply[1])), tokens=float(as_text(reply[2])))
 
     # -- reads ----------------------------------------------------------------------
-    def get(self, job_id: str) -> JobRecord | None:
-        """The job, or None when there is no such job (never created, or past retention)."""
-        raw = self.redis.hgetall(self.keys.job(job_id))
-        if not raw:
+    def get(self, job_id: str, *, tenant: str) -> JobRecord | None:
+        """The job, or None when there is no such job (never created, past retention) or it
+        belongs to another tenant than ``tenant`` (``ANY_TENANT``: any) — the same answer."""
+        flat = self._read({"job": self.keys.job(job_id)}, {"tenant": tenant})
+        if not flat:
             return None
-        return JobRecord.from_hash({as_text(a): as_text(b) for a, b in raw.items()})
+        return JobRecord.from_hash({as_text(flat[i]): as_text(flat[i + 1]) for i in range(0, len(flat), 2)})
 
-    def get_with_position(self, job_id: str) -> tuple[JobRecord | None, int | None]:
-        """The job and, when queued, how many queued jobs of its model are ahead of it.
+    def get_with_position(self, job_id: str, *, tenant: str) -> tuple[JobRecord | None, int | None]:
+        """The job (as ``get``) and, when queued, how many queued jobs of its model are ahead.
 
         One round trip for a job that is not queued, two for a queued one (its position is
         read by a script that re-checks the status, so "queued" never comes without one).
         """
         while True:
-            record = self.get(job_id)
+            record = self.get(job_id, tenant=tenant)
             if record is None or record.status is not JobStatus.QUEUED:
                 return record, None
             keys = {"job": self.keys.job(job_id), "queue": self.keys.queue(record.model)}
@@ -271,25 +368,34 @@ class JobStore:
         return int(self.redis.zcard(self.keys.queue(model)))
 
     def ids_with_status(self, status: JobStatus, limit: int = 1000) -> list[str]:
-        """Up to ``limit`` ids of jobs in ``status``, oldest first."""
-        ids: Any = self.redis.zrange(self._index(status), 0, limit - 1)
+        """Up to ``limit`` ids of jobs in ``status``, oldest first (every tenant's)."""
+        ids: Any = self.redis.zrange(self.keys.jobs_by_status(status.value), 0, limit - 1)
         return [as_text(i) for i in ids]
 
-    def page(self, status: JobStatus | None = None, limit: int = 20, cursor: int | None = None) -> Page:
-        """Newest first; ``cursor`` is the sequence number of the last job already seen."""
-        index = self._index(status) if status else self.keys.jobs()
-        upper = f"({cursor}" if cursor is not None else "+inf"
-        ids = [as_text(i) for i in self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=limit + 1)]
+    def page(self, *, tenant: str, status: JobStatus | None = None, limit: int = 20, cursor: int | None = None) -> Page:
+        """``tenant``'s jobs (``ANY_TENANT``: everyone's), newest first; ``cursor`` is the
+        sequence number of the last job already seen."""
+        status_name = status.value if status else None
+        if tenant == ANY_TENANT:
+            index = self.keys.jobs_by_status(status_name) if status_name else self.keys.jobs()
+            upper = f"({cursor}" if cursor is not None else "+inf"
+            raw = self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=limit + 1)
+            members = [(as_text(i), as_text(i)) for i in raw]  # type: ignore[union-attr]
+        else:
+            index = self.keys.by_tenant(status_name)
+            upper = f"({tenant}|{cursor:016d}" if cursor is not None else f"({tenant}}}"
+            raw = self.redis.zrevrangebylex(index, upper, f"[{tenant}|", start=0, num=limit + 1)
+            members = [(as_text(m), as_text(m).rsplit("|", 1)[1]) for m in raw]  # type: ignore[union-attr]
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids[:limit]:
+        for _, job_id in members[:limit]:
             pipe.hgetall(self.keys.job(job_id))
         records = []
-        for job_id, raw in zip(ids, pipe.execute(), strict=False):
-            if raw:
-                records.append(JobRecord.from_hash({as_text(a): as_text(b) for a, b in raw.items()}))
-            else:  # expired by retention: drop it from the indexes lazily
-                self.redis.zrem(index, job_id)
-        more = len(ids) > limit
+        for (member, _), hash_ in zip(members, pipe.execute(), strict=False):
+            if hash_:
+                records.append(JobRecord.from_hash({as_text(a): as_text(b) for a, b in hash_.items()}))
+            else:  # expired by retention: drop it from the index lazily
+                self.redis.zrem(index, member)
+        more = len(members) > limit
         next_cursor = str(records[-1].seq) if more and records else None
         return Page(records, next_cursor)
 
@@ -306,10 +412,11 @@ class JobStore:
         now = time.time()
         keys = {
             "job": self.keys.job(job_id),
-            "queued": self._index(JobStatus.QUEUED),
-            "running": self._index(JobStatus.RUNNING),
-            "failed": self._index(JobStatus.FAILED),
+            **self._indexes(JobStatus.QUEUED),
+            **self._indexes(JobStatus.RUNNING),
+            **self._indexes(JobStatus.FAILED),
             "queue": self.keys.queue(model),
+            "active": self.keys.active(),
             **self._outbox(job_id),
         }
         args = {
@@ -349,13 +456,15 @@ class JobStore:
     def succeed(
         self, job_id: str, model: str, attempt: int, outputs: list[dict[str, Any]], *, generation_seconds: float
     ) -> bool:
-        """running → succeeded with ``outputs``, only for the attempt that holds the job."""
+        """running → succeeded with ``outputs``, only for the attempt that holds the job; its
+        generation time joins the model's moving average (wait estimates, ETAs)."""
         return self._transition(
             job_id,
             model,
             attempt,
             JobStatus.RUNNING,
             JobStatus.SUCCEEDED,
+            generation_s=generation_seconds,
             outputs=_dumps(outputs),
             generation_seconds=repr(generation_seconds),
         )
@@ -374,22 +483,28 @@ class JobStore:
         """running → canceled by the attempt that stopped at a cancel request."""
         return self._transition(job_id, model, attempt, JobStatus.RUNNING, JobStatus.CANCELED)
 
-    def cancel(self, job_id: str, model: str) -> CancelOutcome:
-        """Cancel a job.
+    def cancel(self, job_id: str, model: str, *, tenant: str) -> CancelOutcome:
+        """Cancel a job of ``tenant`` (``ANY_TENANT``: any).
 
         Returns:
             ``CancelOutcome.CANCELED`` (it was queued, now canceled, or was canceled already);
-            ``CANCEL_REQUESTED`` (running: its worker stops at the next step); ``MISSING``;
-            ``SUCCEEDED`` / ``FAILED`` (finished: nothing to cancel).
+            ``CANCEL_REQUESTED`` (running: its worker stops at the next step); ``MISSING`` (no
+            such job, or another tenant's); ``SUCCEEDED`` / ``FAILED`` (finished: nothing to cancel).
         """
         keys = {
             "job": self.keys.job(job_id),
-            "queued": self._index(JobStatus.QUEUED),
-            "canceled": self._index(JobStatus.CANCELED),
+            **self._indexes(JobStatus.QUEUED),
+            **self._indexes(JobStatus.CANCELED),
             "queue": self.keys.queue(model),
+            "active": self.keys.active(),
             **self._outbox(job_id),
         }
-        args = {"now": time.time(), "retention_s": self.retention_s, "cancel_channel": self.keys.cancel_channel()}
+        args = {
+            "tenant": tenant,
+            "now": time.time(),
+            "retention_s": self.retention_s,
+            "cancel_channel": self.keys.cancel_channel(),
+        }
         return CancelOutcome(as_text(self._cancel(keys, args)))
 
     def requeue_if_lease_expired(self, job_id: str, model: str, now: float | None = None) -> RequeueOutcome:
@@ -415,11 +530,12 @@ class JobStore:
     def _requeue_job(self, job_id: str, model: str, attempt: int | None, now: float) -> RequeueOutcome:
         keys = {
             "job": self.keys.job(job_id),
-            "running": self._index(JobStatus.RUNNING),
-            "queued": self._index(JobStatus.QUEUED),
-            "canceled": self._index(JobStatus.CANCELED),
+            **self._indexes(JobStatus.RUNNING),
+            **self._indexes(JobStatus.QUEUED),
+            **self._indexes(JobStatus.CANCELED),
             "queue": self.keys.queue(model),
             "broker": celery_queue(model),
+            "active": self.keys.active(),
             **self._outbox(job_id),
         }
         args = {
@@ -431,15 +547,24 @@ class JobStore:
         return RequeueOutcome(as_text(self._requeue(keys, args)))
 
     def _transition(
-        self, job_id: str, model: str, attempt: int | None, source: JobStatus, target: JobStatus, **values: str
+        self,
+        job_id: str,
+        model: str,
+        attempt: int | None,
+        source: JobStatus,
+        target: JobStatus,
+        generation_s: float | None = None,
+        **values: str,
     ) -> bool:
         """``source`` → ``target`` with ``values``; False when the job was not in ``source`` (or
         ``attempt`` no longer holds it)."""
         keys = {
             "job": self.keys.job(job_id),
-            "source_index": self._index(source),
-            "target_index": self._index(target),
+            **self._indexes(source, "from_index"),
+            **self._indexes(target, "to_index"),
             "queue": self.keys.queue(model),
+            "active": self.keys.active(),
+            "model": self.keys.model(model),
             **self._outbox(job_id),
         }
         args = {
@@ -448,6 +573,7 @@ class JobStore:
             "target": target.value,
             "now": time.time(),
             "retention_s": self.retention_s,
+            "generation_s": "" if generation_s is None else float(generation_s),
         }
         varargs = [item for pair in values.items() for item in pair]
         return int(self._finish(keys, args, varargs)) == 1

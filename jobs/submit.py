@@ -7,9 +7,9 @@ import json
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from jobs.capabilities import ModelCatalog, resolve_shape, scheduler_errors
 from jobs.errors import FieldError, ValidationFailed
@@ -35,15 +35,23 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse_request(body: Any) -> JobRequest:
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+def parse_body(schema: type[Schema], body: Any) -> Schema:
+    """``body`` validated by ``schema``; ``ValidationFailed`` names every bad field."""
     if not isinstance(body, dict):
         raise ValidationFailed("the request body must be a JSON object", [FieldError("body", "expected an object")])
     try:
-        return JobRequest.model_validate(body)
+        return schema.model_validate(body)
     except ValidationError as exc:
         errors = [FieldError(_field_name(e["loc"]), _message(e)) for e in exc.errors()]
         summary = f"{len(errors)} invalid field(s): " + ", ".join(e.field for e in errors)
         raise ValidationFailed(summary, errors) from None
+
+
+def parse_request(body: Any) -> JobRequest:
+    return parse_body(JobRequest, body)
 
 
 def prepare_job(

@@ -21,6 +21,7 @@ def render_job(record: JobRecord, queue_position: int | None, presign: Presigner
         "id": record.id,
         "status": record.status.value,
         "model": record.model,
+        "tenant": record.tenant,
         "input": record.input,
         "created_at": rfc3339(record.created_at),
         "started_at": rfc3339(record.started_at),

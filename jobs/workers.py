@@ -39,22 +39,36 @@ class WorkerInfo:
         return asdict(self)
 
 
+def heartbeat_ttl_s(interval_s: float) -> float:
+    """How long a published state lives (and a silent worker still counts as live): a few
+    missed beats under load are not a death."""
+    return max(5 * interval_s, 10.0)
+
+
 class WorkerRegistry:
     def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
         self.redis = client
         self.keys = keys or Keys()
 
     def publish(self, info: WorkerInfo, ttl_s: float) -> None:
+        """The worker's state, and its model's live-worker index (read by admission control)."""
         info.heartbeat_at = time.time()
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.worker(info.name), json.dumps(asdict(info)), px=int(ttl_s * 1000))
         pipe.zadd(self.keys.workers(), {info.name: info.heartbeat_at})
+        if info.state != "stalled":
+            pipe.zadd(self.keys.model_workers(info.model), {info.name: info.heartbeat_at})
+            pipe.hset(self.keys.model(info.model), "worker_seen_at", repr(info.heartbeat_at))
+        else:
+            pipe.zrem(self.keys.model_workers(info.model), info.name)
+        pipe.zremrangebyscore(self.keys.model_workers(info.model), "-inf", info.heartbeat_at - 3600)  # long gone
         pipe.execute()
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, model: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(self.keys.worker(name))
         pipe.zrem(self.keys.workers(), name)
+        pipe.zrem(self.keys.model_workers(model), name)
         pipe.execute()
 
     def live(self) -> list[WorkerInfo]:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import redis
@@ -20,6 +20,7 @@ from dq.redis_server import start_redis
 from dq.seaweedfs import create_bucket, s3_env, start_seaweedfs
 from jobs.keys import Keys
 from jobs.settings import Settings
+from jobs.tenants import DEFAULT_TENANT, KeyStore
 from jobs.workers import WorkerRegistry
 from tests.webhook_receiver import SECRET, Receiver
 
@@ -93,14 +94,43 @@ def s3_settings(settings: Settings, s3_service: Service, monkeypatch: pytest.Mon
 def app(s3_settings: Settings):  # type: ignore[no-untyped-def]
     from api import create_app
 
-    flask_app = create_app(s3_settings)
+    flask_app = create_app(s3_settings.with_(webhook_secret=SECRET))
     flask_app.testing = True
     return flask_app
 
 
+def keyed_client(app: Any, key: str) -> Any:
+    """A Flask test client that sends ``key`` with every request."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return test_client
+
+
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
-    return app.test_client()
+def admin_key(redis_client: redis.Redis) -> str:
+    """An admin key of tenant ``default`` (whose webhook secret is ``DQ_WEBHOOK_SECRET``: SECRET
+    in the tests), with limits no test reaches."""
+    _, key = KeyStore(redis_client).create(
+        DEFAULT_TENANT, label="tests", admin=True, rate_limit_per_s=100_000, rate_limit_burst=100_000
+    )
+    return key
+
+
+@pytest.fixture
+def client(app, admin_key: str):  # type: ignore[no-untyped-def]
+    return keyed_client(app, admin_key)
+
+
+@pytest.fixture
+def tenant_client(app: Any, redis_client: redis.Redis) -> Callable[..., Any]:
+    """``tenant_client("acme", **limits)``: a client with a new non-admin key of that tenant
+    (``on=`` another app than the ``app`` fixture's)."""
+
+    def make(tenant: str, on: Any = None, **limits: Any) -> Any:
+        _, key = KeyStore(redis_client).create(tenant, label="tests", **limits)
+        return keyed_client(on or app, key)
+
+    return make
 
 
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]

@@ -12,6 +12,8 @@ import redis
 from flask.testing import FlaskClient
 
 from jobs.settings import Settings
+from jobs.tenants import new_api_key
+from tests.conftest import keyed_client
 
 GOOD = {"prompt": "a pig with wings", "num_inference_steps": 4, "seed": 7}
 
@@ -137,13 +139,13 @@ def test_idempotency_key_returns_the_original_job(client: FlaskClient, redis_cli
     assert redis_client.zcard("dq:jobs") == 1
 
 
-def test_identical_racing_requests_create_one_job(app: Any, redis_client: redis.Redis) -> None:
+def test_identical_racing_requests_create_one_job(app: Any, admin_key: str, redis_client: redis.Redis) -> None:
     ids: list[str] = []
     codes: list[int] = []
     barrier = threading.Barrier(8)
 
     def submit() -> None:
-        local = app.test_client()
+        local = keyed_client(app, admin_key)
         barrier.wait()
         response = post(local, GOOD, **{"Idempotency-Key": "race"})
         codes.append(response.status_code)
@@ -198,7 +200,7 @@ def test_health_and_readiness(client: FlaskClient) -> None:
 def test_redis_down_gives_503_problems(settings: Settings) -> None:
     from api import create_app
 
-    down = create_app(settings.with_(redis_url="redis://127.0.0.1:1/0")).test_client()
+    down = keyed_client(create_app(settings.with_(redis_url="redis://127.0.0.1:1/0")), new_api_key()[1])
     assert down.get("/healthz").status_code == 200
     assert_problem(down.get("/readyz"), 503)
     response = post(down, GOOD)

@@ -60,7 +60,7 @@ class FaultStack:
     def app(self) -> Flask:
         from api import create_app
 
-        app = create_app(self.settings())
+        app = create_app(self.settings().with_(auth=False))  # faults, not identity, are tested here
         self.apps.append(app)
         return app
 

@@ -9,7 +9,7 @@ import redis
 from jobs.models import JobStatus
 from jobs.reconciler import Reconciler
 from jobs.settings import Settings
-from jobs.store import JobStore
+from jobs.store import ANY_TENANT, JobStore, Owner
 
 
 def make(settings: Settings, client: redis.Redis, owner: str = "r1") -> tuple[JobStore, Reconciler]:
@@ -18,7 +18,12 @@ def make(settings: Settings, client: redis.Redis, owner: str = "r1") -> tuple[Jo
 
 
 def add(store: JobStore, job_id: str, ttl: int = 3600, timeout: int = 600) -> None:
-    store.create(job_id, "m", {"prompt": "p", "num_inference_steps": 4, "ttl_seconds": ttl, "timeout_seconds": timeout})
+    store.create(
+        job_id,
+        "m",
+        owner=Owner("default"),
+        job_input={"prompt": "p", "num_inference_steps": 4, "ttl_seconds": ttl, "timeout_seconds": timeout},
+    )
 
 
 def test_expired_lease_requeues_and_republishes(settings: Settings, redis_client: redis.Redis) -> None:
@@ -31,7 +36,7 @@ def test_expired_lease_requeues_and_republishes(settings: Settings, redis_client
     redis_client.rpop("gen.m")  # j1's message: a worker took it (and then died)
     report = reconciler.tick(now=time.time() + 5)
     assert report.requeued == ["j1"]
-    job, position = store.get_with_position("j1")
+    job, position = store.get_with_position("j1", tenant=ANY_TENANT)
     assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 1 and job.worker is None
     assert position == 0  # back in its place, ahead of j2
     assert redis_client.llen("gen.m") == 2  # j2's, and a new one for j1
@@ -42,10 +47,10 @@ def test_requeue_respects_a_pending_cancel(settings: Settings, redis_client: red
     store, reconciler = make(settings, redis_client)
     add(store, "j1")
     store.start("j1", "m", "w", lease_s=1)
-    assert store.cancel("j1", "m") == "cancel_requested"
+    assert store.cancel("j1", "m", tenant=ANY_TENANT) == "cancel_requested"
     report = reconciler.tick(now=time.time() + 5)
     assert report.canceled == ["j1"] and report.requeued == []
-    job = store.get("j1")
+    job = store.get("j1", tenant=ANY_TENANT)
     assert job is not None and job.status is JobStatus.CANCELED
 
 
@@ -55,7 +60,7 @@ def test_timeout_fails_a_running_job(settings: Settings, redis_client: redis.Red
     store.start("j1", "m", "w", lease_s=3600)
     assert reconciler.tick(now=time.time() + 5).timed_out == []
     assert reconciler.tick(now=time.time() + 12).timed_out == ["j1"]
-    job = store.get("j1")
+    job = store.get("j1", tenant=ANY_TENANT)
     assert job is not None and job.status is JobStatus.FAILED and job.error is not None
     assert job.error["type"] == "timeout"
 
@@ -66,7 +71,7 @@ def test_ttl_expires_queued_jobs(settings: Settings, redis_client: redis.Redis) 
     add(store, "long", ttl=3600)
     report = reconciler.tick(now=time.time() + 60)
     assert report.expired == ["short"]
-    short, long_ = store.get("short"), store.get("long")
+    short, long_ = store.get("short", tenant=ANY_TENANT), store.get("long", tenant=ANY_TENANT)
     assert short is not None and short.status is JobStatus.FAILED and short.error is not None
     assert short.error["type"] == "expired" and "ttl_seconds=10" in short.error["message"]
     assert long_ is not None and long_.status is JobStatus.QUEUED

@@ -17,9 +17,12 @@ from jobs.connections import as_text
 from jobs.keys import Keys
 from jobs.lua import BoundScript, Script
 from jobs.reconciler import LEAD, Reconciler
+from jobs import scripts
 from jobs.scripts import STORE_SCRIPTS
-from jobs.store import ClaimOutcome, JobStore, ProgressAnswer, RequeueOutcome
+from jobs.store import ANY_TENANT, ClaimOutcome, JobStore, Limits, Owner, ProgressAnswer, RequeueOutcome
 from webhooks.outbox import OUTBOX_SCRIPTS, Outbox, PendingMessage
+
+OWNER = Owner("t1", "k1")
 
 ALL_SCRIPTS: tuple[Script, ...] = (*STORE_SCRIPTS, *OUTBOX_SCRIPTS, LEAD)
 INPUT = {"prompt": "p", "num_inference_steps": 4, "seed": 1}
@@ -35,6 +38,7 @@ class Recorder:
     its script ran (they follow it in the stream: a script runs atomically)."""
 
     def __init__(self, client: redis.Redis) -> None:
+        self.client = client  # kept: its pool owns the MONITOR connection
         self.monitor = client.monitor()
         self.conn = self.monitor.__enter__()
         self.lines: list[bytes] = []
@@ -82,16 +86,17 @@ def _exercise_every_script(client: redis.Redis) -> None:
     keys = Keys()
     store = JobStore(client, keys, retention_s=60, progress_event_interval_s=0.0)
     hook = {"webhook": "http://127.0.0.1:9/hook", "webhook_events_filter": ["started", "progress", "succeeded"]}
-    assert store.create("a", "m", INPUT, idempotency_key="k", request_hash="h", **hook).created  # type: ignore[arg-type]
-    assert not store.create("b", "m", INPUT, idempotency_key="k", request_hash="h").created
-    store.create("c", "m", INPUT)
-    assert store.get_with_position("c")[1] == 1
+    assert store.create("a", "m", INPUT, owner=OWNER, idempotency_key="k", request_hash="h", **hook).created  # type: ignore[arg-type]
+    assert not store.create("b", "m", INPUT, owner=OWNER, idempotency_key="k", request_hash="h").created
+    store.create("c", "m", INPUT, owner=OWNER)
+    assert store.get_with_position("c", tenant=ANY_TENANT)[1] == 1
     assert store.start("a", "m", "w", lease_s=30).status is ClaimOutcome.STARTED
     assert store.progress("a", 1, 2, lease_s=30) is ProgressAnswer.OK
     assert store.renew("a", 1, lease_s=30)
     assert store.succeed("a", "m", 1, [{"key": "k"}], generation_seconds=0.1)
-    store.cancel("c", "m")
-    store.create("d", "m", INPUT)
+    store.cancel("c", "m", tenant=OWNER.tenant)
+    store.create("d", "m", INPUT, owner=OWNER, limits=Limits(10.0, 5, 100))
+    assert store.get("d", tenant="someone-else") is None and store.page(tenant=OWNER.tenant).jobs
     store.start("d", "m", "w", lease_s=0.01)
     time.sleep(0.05)
     assert store.requeue_if_lease_expired("d", "m") is RequeueOutcome.REQUEUED
@@ -109,7 +114,8 @@ def _exercise_every_script(client: redis.Redis) -> None:
 
 
 def test_every_script_touches_only_the_keys_it_declares(redis_client: redis.Redis) -> None:
-    recorder = Recorder(redis.Redis(connection_pool=redis_client.connection_pool))
+    where = redis_client.connection_pool.connection_kwargs
+    recorder = Recorder(redis.Redis(host=where["host"], port=where["port"]))  # a connection of its own
     time.sleep(0.1)
     _exercise_every_script(redis_client)
     time.sleep(0.3)
@@ -127,7 +133,7 @@ def test_every_script_touches_only_the_keys_it_declares(redis_client: redis.Redi
 
 
 def test_a_script_is_called_with_exactly_its_names(redis_client: redis.Redis) -> None:
-    renew = BoundScript(redis_client, STORE_SCRIPTS[4])
+    renew = BoundScript(redis_client, scripts.RENEW)
     assert renew.script.name == "renew"
     with pytest.raises(TypeError, match="missing"):
         renew({"job": "dq:job:x"}, {"attempt": 1})

@@ -8,13 +8,15 @@ import redis
 
 from jobs.keys import Keys, celery_queue
 from jobs.models import JobStatus
-from jobs.store import JobStore
+from jobs.store import ANY_TENANT, JobStore, Owner
+
+OWNER = Owner("t1", "k1")
 
 INPUT = {"prompt": "p", "num_inference_steps": 4, "seed": 1}
 
 
 def make(store: JobStore, job_id: str, model: str = "m", **kw: object) -> None:
-    assert store.create(job_id, model, INPUT, **kw).created  # type: ignore[arg-type]
+    assert store.create(job_id, model, INPUT, owner=OWNER, **kw).created  # type: ignore[arg-type]
 
 
 def test_keys_are_namespaced() -> None:
@@ -24,20 +26,21 @@ def test_keys_are_namespaced() -> None:
     assert k.jobs_by_status("queued") == "dq:jobs:queued"
     assert k.queue("tiny-sd") == "dq:queue:tiny-sd"
     assert k.worker("w1") == "dq:worker:w1"
-    assert k.idempotency("key").startswith("dq:idem:") and len(k.idempotency("key")) == len("dq:idem:") + 64
+    assert k.idempotency("t", "key").startswith("dq:idem:") and len(k.idempotency("t", "key")) == len("dq:idem:") + 64
+    assert k.idempotency("t", "key") != k.idempotency("u", "key")  # per tenant
     assert celery_queue("tiny-sd") == "gen.tiny-sd"
 
 
 def test_create_start_progress_succeed(redis_client: redis.Redis) -> None:
     store = JobStore(redis_client)
     make(store, "j1")
-    job = store.get("j1")
+    job = store.get("j1", tenant=ANY_TENANT)
     assert job is not None and job.status is JobStatus.QUEUED and job.progress_total == 4
     claim = store.start("j1", "m", "w1", lease_s=30)
     assert claim.started and claim.attempt == 1 and claim.input == INPUT
     assert store.progress("j1", 1, 2, lease_s=30) == "ok"
     assert store.succeed("j1", "m", 1, [{"key": "k"}], generation_seconds=0.5)
-    job = store.get("j1")
+    job = store.get("j1", tenant=ANY_TENANT)
     assert job is not None
     assert (
         job.status is JobStatus.SUCCEEDED and job.outputs == [{"key": "k"}] and job.progress_step == 4
@@ -55,7 +58,7 @@ def test_terminal_state_is_final(redis_client: redis.Redis) -> None:
     assert not store.succeed("j1", "m", 1, [], generation_seconds=1.0)
     second = store.start("j1", "m", "w2", lease_s=30)
     assert not second.started and second.status == "failed"
-    job = store.get("j1")
+    job = store.get("j1", tenant=ANY_TENANT)
     assert (
         job is not None
         and job.status is JobStatus.FAILED
@@ -93,7 +96,7 @@ def test_stale_attempt_is_fenced_out(redis_client: redis.Redis) -> None:
     assert store.progress("j1", 1, 3, lease_s=30) == "lost"
     assert not store.succeed("j1", "m", 1, [{"key": "stale"}], generation_seconds=1)
     assert store.succeed("j1", "m", 2, [{"key": "fresh"}], generation_seconds=1)
-    job = store.get("j1")
+    job = store.get("j1", tenant=ANY_TENANT)
     assert job is not None and job.outputs == [{"key": "fresh"}] and job.worker == "w2"
 
 
@@ -105,7 +108,7 @@ def test_start_after_max_attempts_fails_the_job(redis_client: redis.Redis) -> No
         redis_client.hset("dq:job:j1", "status", "queued")
     claim = store.start("j1", "m", "w", lease_s=30, max_attempts=3)
     assert claim.status == "max_attempts"
-    job = store.get("j1")
+    job = store.get("j1", tenant=ANY_TENANT)
     assert job is not None and job.status is JobStatus.FAILED and job.error is not None
     assert job.error["type"] == "max_attempts"
 
@@ -117,30 +120,30 @@ def test_cancel_request_is_seen_by_progress(redis_client: redis.Redis) -> None:
     redis_client.hset("dq:job:j1", "cancel_requested", "1")
     assert store.progress("j1", 1, 1, lease_s=30) == "cancel"
     assert store.cancel_running("j1", "m", 1)
-    job = store.get("j1")
+    job = store.get("j1", tenant=ANY_TENANT)
     assert job is not None and job.status is JobStatus.CANCELED
 
 
 def test_idempotency_returns_the_original(redis_client: redis.Redis) -> None:
     store = JobStore(redis_client)
-    first = store.create("j1", "m", INPUT, idempotency_key="k", request_hash="h1")
-    again = store.create("j2", "m", INPUT, idempotency_key="k", request_hash="h1")
-    other = store.create("j3", "m", INPUT, idempotency_key="k", request_hash="h2")
+    first = store.create("j1", "m", INPUT, owner=OWNER, idempotency_key="k", request_hash="h1")
+    again = store.create("j2", "m", INPUT, owner=OWNER, idempotency_key="k", request_hash="h1")
+    other = store.create("j3", "m", INPUT, owner=OWNER, idempotency_key="k", request_hash="h2")
     assert first.created and not again.created and not other.created
     assert again.job_id == "j1" and again.request_hash == "h1"
     assert other.job_id == "j1" and other.request_hash == "h1"
-    assert store.get("j2") is None and store.get("j3") is None
-    assert 0 < redis_client.ttl(Keys().idempotency("k")) <= 86_400
+    assert store.get("j2", tenant=ANY_TENANT) is None and store.get("j3", tenant=ANY_TENANT) is None
+    assert 0 < redis_client.ttl(Keys().idempotency(OWNER.tenant, "k")) <= 86_400
 
 
 def test_queue_position_counts_down(redis_client: redis.Redis) -> None:
     store = JobStore(redis_client)
     for i in range(4):
         make(store, f"j{i}")
-    assert [store.get_with_position(f"j{i}")[1] for i in range(4)] == [0, 1, 2, 3]
+    assert [store.get_with_position(f"j{i}", tenant=ANY_TENANT)[1] for i in range(4)] == [0, 1, 2, 3]
     store.start("j0", "m", "w", lease_s=30)
-    assert store.get_with_position("j3")[1] == 2
-    assert store.get_with_position("j0")[1] is None
+    assert store.get_with_position("j3", tenant=ANY_TENANT)[1] == 2
+    assert store.get_with_position("j0", tenant=ANY_TENANT)[1] is None
     assert store.queue_depth("m") == 3
 
 
@@ -149,11 +152,11 @@ def test_list_is_newest_first_with_cursor_and_filter(redis_client: redis.Redis) 
     for i in range(5):
         make(store, f"j{i}")
     store.start("j1", "m", "w", lease_s=30)
-    page = store.page(limit=2)
+    page = store.page(tenant=ANY_TENANT, limit=2)
     assert [j.id for j in page.jobs] == ["j4", "j3"] and page.next_cursor is not None
-    page2 = store.page(limit=2, cursor=int(page.next_cursor))
+    page2 = store.page(tenant=ANY_TENANT, limit=2, cursor=int(page.next_cursor))
     assert [j.id for j in page2.jobs] == ["j2", "j1"]
-    page3 = store.page(limit=2, cursor=int(page2.next_cursor or 0))
+    page3 = store.page(tenant=ANY_TENANT, limit=2, cursor=int(page2.next_cursor or 0))
     assert [j.id for j in page3.jobs] == ["j0"] and page3.next_cursor is None
-    running = store.page(JobStatus.RUNNING)
+    running = store.page(tenant=ANY_TENANT, status=JobStatus.RUNNING)
     assert [j.id for j in running.jobs] == ["j1"]

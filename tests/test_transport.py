@@ -30,9 +30,9 @@ def test_message_matches_what_celery_publishes(settings: Settings, redis_client:
 
 
 def test_create_writes_the_job_and_its_message_together(settings: Settings, redis_client: redis.Redis) -> None:
-    from jobs.store import JobStore
+    from jobs.store import JobStore, Owner
 
-    result = JobStore(redis_client).create("j9", "tiny-sd", {"prompt": "p", "num_inference_steps": 2})
+    result = JobStore(redis_client).create("j9", "tiny-sd", {"prompt": "p", "num_inference_steps": 2}, owner=Owner("t"))
     assert result.created and result.queue_position == 0 and result.record is not None
     assert result.record.status.value == "queued" and result.record.seq == 1
     (raw,) = redis_client.lrange("gen.tiny-sd", 0, -1)

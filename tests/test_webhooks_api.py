@@ -11,6 +11,8 @@ import redis
 from flask.testing import FlaskClient
 
 from jobs.settings import Settings
+from jobs.tenants import KeyStore
+from tests.conftest import keyed_client
 
 GOOD = {"prompt": "a pig with wings", "num_inference_steps": 4, "seed": 7}
 
@@ -24,7 +26,8 @@ def client_with(settings: Settings, allowlist: str) -> FlaskClient:
 
     app = create_app(settings.with_(webhook_allowlist=allowlist))
     app.testing = True
-    return app.test_client()
+    _, key = KeyStore(redis.Redis.from_url(settings.redis_url)).create("default", admin=True)
+    return keyed_client(app, key)
 
 
 def nothing_created(r: redis.Redis) -> bool:

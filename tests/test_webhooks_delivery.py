@@ -21,11 +21,12 @@ import redis
 
 from jobs.keys import Keys
 from jobs.settings import Settings
-from jobs.store import JobStore
+from jobs.store import ANY_TENANT, JobStore, Owner
 from jobs.submit import new_job_id
+from jobs.tenants import Tenants
 from jobs.view import render_job
 from tests.webhook_receiver import SECRET, Receiver, Reply
-from webhooks.deliver import Deliverer, DeliveryConfig, Sender
+from webhooks.deliver import Deliverer, DeliveryConfig, SecretCache, Sender
 from webhooks.outbox import Outbox
 from webhooks.ssrf import check_webhook_url
 
@@ -41,6 +42,7 @@ INPUT = {
     "output_format": "png",
 }
 KEYS = Keys()
+OWNER = Owner("default")  # its webhook secret: DQ_WEBHOOK_SECRET (SECRET here)
 
 
 @pytest.fixture
@@ -62,7 +64,8 @@ def deliverers(settings: Settings, redis_client: redis.Redis) -> Iterator[Any]:
             **changes,
         }
         config = DeliveryConfig.from_settings(settings.with_(**values))
-        deliverer = Deliverer(config, Outbox(redis_client, retention_s=3600), presign=None)
+        secrets = SecretCache(Tenants(redis_client, default_secret=SECRET))
+        deliverer = Deliverer(config, Outbox(redis_client, retention_s=3600), None, secrets)
         made.append(deliverer)
         return deliverer
 
@@ -73,8 +76,8 @@ def deliverers(settings: Settings, redis_client: redis.Redis) -> Iterator[Any]:
 
 def canceled_job(store: JobStore, url: str) -> str:
     job_id = new_job_id()
-    store.create(job_id, "tiny-sd", INPUT, webhook=url)
-    assert store.cancel(job_id, "tiny-sd") == "canceled"
+    store.create(job_id, "tiny-sd", INPUT, owner=OWNER, webhook=url)
+    assert store.cancel(job_id, "tiny-sd", tenant=ANY_TENANT) == "canceled"
     return job_id
 
 
@@ -99,7 +102,7 @@ def test_an_event_is_delivered_signed_and_recorded(
     assert request.headers["content-type"] == "application/json"
     assert request.headers["host"] == f"127.0.0.1:{receiver.port}"
     body = request.json()
-    record = store.get(job_id)
+    record = store.get(job_id, tenant=ANY_TENANT)
     assert record is not None
     assert body["type"] == "job.canceled" and body["data"] == render_job(record, None, None)
     assert (
@@ -203,7 +206,9 @@ def test_retry_after_pushes_the_next_attempt_back(
 
 def test_a_failing_head_holds_back_the_jobs_later_events(store: JobStore, deliverers: Any, receiver: Receiver) -> None:
     job_id = new_job_id()
-    store.create(job_id, "tiny-sd", INPUT, webhook=receiver.url, webhook_events_filter=["started", "failed"])
+    store.create(
+        job_id, "tiny-sd", INPUT, owner=OWNER, webhook=receiver.url, webhook_events_filter=["started", "failed"]
+    )
     started = store.start(job_id, "tiny-sd", "w-test", lease_s=30)
     assert store.fail(job_id, "tiny-sd", started.attempt, "generation_error", "boom")
     receiver.script = [Reply(503)]

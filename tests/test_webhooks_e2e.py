@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 
 from dq.procs import Service, stop_process, wait_until
 from jobs.settings import Settings
-from tests.conftest import REPO_ROOT, WorkerFactory, worker_env
+from tests.conftest import REPO_ROOT, WorkerFactory, keyed_client, worker_env
 from tests.helpers import wait_for
 from tests.webhook_receiver import SECRET, Receiver, Reply
 
@@ -31,12 +31,12 @@ DelivererFactory = Callable[..., subprocess.Popen[bytes]]
 
 
 @pytest.fixture
-def wh_client(s3_settings: Settings) -> FlaskClient:
+def wh_client(s3_settings: Settings, admin_key: str) -> FlaskClient:
     from api import create_app
 
-    app = create_app(s3_settings.with_(webhook_allowlist="127.0.0.1"))
+    app = create_app(s3_settings.with_(webhook_allowlist="127.0.0.1", webhook_secret=SECRET))
     app.testing = True
-    return app.test_client()
+    return keyed_client(app, admin_key)  # type: ignore[no-any-return]
 
 
 @pytest.fixture

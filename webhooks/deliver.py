@@ -29,6 +29,7 @@ from jobs.models import rfc3339
 from jobs.settings import Settings
 from jobs.storage import S3Storage
 from jobs.store import JobRecord
+from jobs.tenants import DEFAULT_TENANT, Tenants, WebhookSecret
 from jobs.view import Presigner, render_job
 from webhooks.outbox import Outbox, PendingMessage, SettleAnswer
 from webhooks.policy import Decision, Outcome, decide, parse_retry_after, parse_schedule
@@ -44,7 +45,6 @@ POLL_S = 0.1
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    secret: str
     schedule_s: tuple[float, ...]
     timeout_s: float
     concurrency: int
@@ -56,12 +56,11 @@ class DeliveryConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryConfig:
         """Validated; a ``ValueError`` names the variable that is wrong."""
-        if not settings.webhook_secret:
-            raise ValueError("DQ_WEBHOOK_SECRET is not set: every delivery is signed (whsec_<base64>)")
-        try:
-            check_secret(settings.webhook_secret)
-        except ValueError as exc:
-            raise ValueError(f"DQ_WEBHOOK_SECRET {exc}") from None
+        if settings.webhook_secret:
+            try:
+                check_secret(settings.webhook_secret)
+            except ValueError as exc:
+                raise ValueError(f"DQ_WEBHOOK_SECRET {exc}") from None
         if not 0 < settings.webhook_timeout_s <= MAX_TIMEOUT_S:
             raise ValueError(f"DQ_WEBHOOK_TIMEOUT_S must be more than 0 and at most {MAX_TIMEOUT_S:g} seconds")
         if settings.webhook_concurrency < 1:
@@ -69,7 +68,6 @@ class DeliveryConfig:
         if settings.webhook_claim_timeout_s <= settings.webhook_timeout_s:
             raise ValueError("DQ_WEBHOOK_CLAIM_TIMEOUT_S must be longer than DQ_WEBHOOK_TIMEOUT_S")
         return cls(
-            secret=settings.webhook_secret,
             schedule_s=parse_schedule(settings.webhook_retry_schedule_s),
             timeout_s=settings.webhook_timeout_s,
             concurrency=settings.webhook_concurrency,
@@ -148,12 +146,33 @@ def render_body(event: dict[str, Any], presign: Presigner | None) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
+class SecretCache:
+    """Each tenant's signing secrets, read from Redis at most every ``ttl_s`` (a rotation is
+    seen within that)."""
+
+    def __init__(self, tenants: Tenants, ttl_s: float = 1.0) -> None:
+        self.tenants = tenants
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, WebhookSecret]] = {}
+        self._lock = threading.Lock()
+
+    def signing(self, tenant: str, now: float) -> list[str]:
+        with self._lock:
+            hit = self._cache.get(tenant)
+        if hit is None or now - hit[0] > self.ttl_s:
+            hit = (now, self.tenants.webhook_secret(tenant))
+            with self._lock:
+                self._cache[tenant] = hit
+        return hit[1].signing(now)
+
+
 class Deliverer:
     def __init__(
         self,
         config: DeliveryConfig,
         outbox: Outbox,
         presign: Presigner | None,
+        secrets: SecretCache,
         *,
         sender: Sender | None = None,
         resolve: Resolver | None = None,
@@ -163,7 +182,8 @@ class Deliverer:
         self.config = config
         self.outbox = outbox
         self.presign = presign
-        self.signer = Signer(config.secret)
+        self.secrets = secrets
+        self.signer = Signer()
         self.sender = sender or Sender(config.timeout_s, config.concurrency)
         self.resolve = resolve
         self.rng = rng or random.Random()
@@ -173,8 +193,10 @@ class Deliverer:
     @classmethod
     def from_settings(cls, settings: Settings, config: DeliveryConfig) -> Deliverer:
         client = create_redis(settings, Role.DELIVERER)
-        outbox = Outbox(client, Keys(settings.key_prefix), retention_s=settings.job_retention_s)
-        return cls(config, outbox, S3Storage(settings).presign)
+        keys = Keys(settings.key_prefix)
+        outbox = Outbox(client, keys, retention_s=settings.job_retention_s)
+        tenants = Tenants(client, keys, default_secret=settings.webhook_secret)
+        return cls(config, outbox, S3Storage(settings).presign, SecretCache(tenants))
 
     # -- the loop -------------------------------------------------------------------
     def run(self) -> None:
@@ -296,7 +318,8 @@ class Deliverer:
             log.exception("job %s: cannot render event %s", message.job_id, message.msg_id)
             reply = Reply(None, 0.0, f"could not render the event: {exc}")
             return reply, decide(None, attempt, self.config.schedule_s, rng=self.rng)
-        headers = self.signer.headers(message.msg_id, body, at)
+        tenant = message.event.get("job", {}).get("tenant") or DEFAULT_TENANT
+        headers = self.signer.headers(self.secrets.signing(tenant, at), message.msg_id, body, at)
         reply = self.sender.post(target, body.encode(), headers)
         retry_after = parse_retry_after(reply.retry_after, self.clock())
         return reply, decide(reply.status, attempt, self.config.schedule_s, retry_after, self.rng)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import redis
 
 from jobs.store import JobStore
-from jobs.workers import WorkerInfo, WorkerRegistry
+from jobs.workers import WorkerInfo, WorkerRegistry, heartbeat_ttl_s
 
 log = logging.getLogger("dq.worker")
 
@@ -78,11 +78,6 @@ class InFlight:
 
 
 StallHandler = Callable[[Holding], None]
-
-
-def heartbeat_ttl_s(interval_s: float) -> float:
-    """How long a published state lives: a few missed beats under load are not a death."""
-    return max(5 * interval_s, 10.0)
 
 POKE_GAP_S = 0.1
 

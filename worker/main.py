@@ -28,8 +28,8 @@ from jobs.settings import Settings
 from jobs.storage import S3Storage
 from jobs.store import JobStore
 from jobs.transport import GENERATE_TASK, make_celery
-from jobs.workers import WorkerInfo, WorkerRegistry
-from worker.liveness import Heartbeat, Holding, InFlight, heartbeat_ttl_s
+from jobs.workers import WorkerInfo, WorkerRegistry, heartbeat_ttl_s
+from worker.liveness import Heartbeat, Holding, InFlight
 from worker.pipelines import load_backend
 from worker.pipelines.base import Backend, GenerationRequest
 from worker.pipelines.tiny import ensure_embedded_model
@@ -234,7 +234,7 @@ class Worker:
         self.listener.stop()
         self.heartbeat.stop()
         try:
-            self.registry.remove(self.info.name)
+            self.registry.remove(self.info.name, self.info.model)
         except redis.RedisError:
             pass
 
