@@ -8,11 +8,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from api.auth import caller, list_scope
+from api.errors import problem_body
 from api.services import services
-from jobs.admission import admit, check_idempotency_key, prepare
+from jobs.admission import admit, admit_batch, check_idempotency_key, prepare
 from jobs.errors import FieldError, InvalidTransition, JobNotFound, MalformedJSON, ValidationFailed
 from jobs.models import JobStatus
-from jobs.store import ANY_TENANT, CancelOutcome, JobRecord
+from jobs.store import ANY_TENANT, CancelOutcome, JobRecord, Owner
+from jobs.submit import PreparedJob, batch_class
 from jobs.tenants import TENANT_PATTERN
 from jobs.view import render_job
 
@@ -41,9 +43,61 @@ def create_job() -> Response:
     return response
 
 
+@bp.post("/batch")
+def create_batch() -> Response:
+    """Up to 100 jobs: ``{"jobs": [...]}`` → ``{"data": [{"index", "status", "job" | "error"}]}``
+    in request order, ``status`` being what that job alone would have got (202, 422, 429, …)."""
+    svc = services()
+    body = json_body()
+    if not isinstance(body, dict) or set(body) != {"jobs"}:
+        raise ValidationFailed("the body is {\"jobs\": [...]}", [FieldError("jobs", "required, and the only field")])
+    who = caller()
+    items = admit_batch(svc.store, svc.catalog, svc.settings, body["jobs"], who.owner, who.limits)
+    data = []
+    for item in items:
+        entry: dict[str, Any] = {"index": item.index, "status": item.status}
+        if item.result is not None and item.result.record is not None:
+            entry["job"] = render_job(item.result.record, item.result.queue_position, None)
+        elif item.error is not None:
+            entry["error"] = problem_body(item.error)
+        data.append(entry)
+    return jsonify({"data": data})
+
+
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     return _job_response(job_id, 200)
+
+
+@bp.post("/<job_id>/retry")
+def retry_job(job_id: str) -> Response:
+    """A failed, canceled or expired job again: a new job with the same input, linked both ways
+    (``retry_of`` / ``retried_by``): ``202``. Queued, running or succeeded: ``409``."""
+    svc = services()
+    record = find_job(job_id)
+    if record.status not in (JobStatus.FAILED, JobStatus.CANCELED):
+        raise InvalidTransition(f"job {job_id} is {record.status.value}; only failed or canceled jobs can be retried")
+    info = svc.catalog.get(record.model)
+    if info is None:
+        raise ValidationFailed(f"model {record.model!r} is gone", [FieldError("model", "no longer available")])
+    prepared = PreparedJob(
+        model=record.model,
+        input=record.input,
+        metadata=record.metadata,
+        webhook=record.webhook,
+        webhook_events_filter=record.webhook_events_filter,
+        request_hash="",
+        priority=record.priority,
+        batch_class=batch_class(record.input) if info.static and info.batch_size > 1 else "",
+    )
+    who = caller()
+    owner = Owner(record.tenant, who.key)  # the retry belongs to the job's tenant; the caller's key pays
+    admitted = admit(svc.store, prepared, owner, who.limits, svc.settings, extra={"retry_of": job_id})
+    assert admitted.result.record is not None
+    svc.store.link_retry(job_id, admitted.result.record.id)
+    response = _render(admitted.result.record, admitted.result.queue_position, 202)
+    response.headers.update(admitted.headers)
+    return response
 
 
 @bp.post("/<job_id>/cancel")
@@ -61,12 +115,15 @@ def cancel_job(job_id: str) -> Response:
 
 @bp.get("")
 def list_jobs() -> Response:
-    """The caller's jobs, newest first (an admin: everyone's, or ``?tenant=``'s)."""
+    """The caller's jobs, newest first (an admin: everyone's, or ``?tenant=``'s); ``?status=``
+    and ``?error_type=`` filter (``status=failed&error_type=max_attempts``: the dead letters)."""
     svc = services()
     status = _status_arg(request.args.get("status"))
     limit = _int_arg("limit", 20, 1, MAX_LIST_LIMIT)
     cursor = _int_arg("cursor", None, 0, None)
-    page = svc.store.page(tenant=_scope_arg(), status=status, limit=limit or 20, cursor=cursor)
+    error_type = request.args.get("error_type") or None
+    where = (lambda r: r.error is not None and r.error.get("type") == error_type) if error_type else None
+    page = svc.store.page(tenant=_scope_arg(), status=status, limit=limit or 20, cursor=cursor, where=where)
     data = [render_job(r, None, svc.storage.presign) for r in page.jobs]
     return jsonify({"data": data, "next_cursor": page.next_cursor})
 

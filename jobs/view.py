@@ -22,6 +22,7 @@ def render_job(record: JobRecord, queue_position: int | None, presign: Presigner
         "status": record.status.value,
         "model": record.model,
         "tenant": record.tenant,
+        "priority": record.priority,
         "input": record.input,
         "created_at": rfc3339(record.created_at),
         "started_at": rfc3339(record.started_at),
@@ -37,6 +38,8 @@ def render_job(record: JobRecord, queue_position: int | None, presign: Presigner
         "metadata": record.metadata,
         "webhook": record.webhook,
         "webhook_events_filter": record.webhook_events_filter,
+        "retry_of": record.retry_of,
+        "retried_by": record.retried_by,
     }
 
 
