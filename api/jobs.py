@@ -1,25 +1,30 @@
-"""``/v1/jobs``: submit, read, list."""
+"""``/v1/jobs``: submit (one, or a batch), read, wait, stream events, list, cancel, retry."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from api.auth import caller, list_scope
 from api.errors import problem_body
 from api.services import services
 from jobs.admission import admit, admit_batch, check_idempotency_key, prepare
 from jobs.errors import FieldError, InvalidTransition, JobNotFound, MalformedJSON, ValidationFailed
+from jobs.events import event_seq, follow
 from jobs.models import JobStatus
 from jobs.store import ANY_TENANT, CancelOutcome, JobRecord, Owner
 from jobs.submit import PreparedJob, batch_class
 from jobs.tenants import TENANT_PATTERN
-from jobs.view import render_job
+from jobs.view import render_event, render_job
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_LIST_LIMIT = 100
+MAX_WAIT_S = 60.0
+TERMINAL = ("succeeded", "failed", "canceled")
 
 
 @bp.post("")
@@ -35,10 +40,17 @@ def create_job() -> Response:
     who = caller()
     admitted = admit(svc.store, prepared, who.owner, who.limits, svc.settings, idempotency_key)
     result = admitted.result
+    wait_s = prefer_wait(request.headers.get("Prefer"))
     if result.record is None:  # the Idempotency-Key named an earlier job with this same body
-        response = _job_response(result.job_id, 200)
+        response = _job_response(result.job_id, 200, wait_s)
+    elif wait_s:
+        response = _job_response(result.record.id, 200, wait_s)  # Replicate's sync mode: 200 if done in time
+        if response.get_json()["status"] not in TERMINAL:
+            response.status_code = 202
     else:
         response = _render(result.record, result.queue_position, 202)
+    if wait_s:
+        response.headers["Preference-Applied"] = f"wait={wait_s:g}"
     response.headers.update(admitted.headers)
     return response
 
@@ -50,7 +62,7 @@ def create_batch() -> Response:
     svc = services()
     body = json_body()
     if not isinstance(body, dict) or set(body) != {"jobs"}:
-        raise ValidationFailed("the body is {\"jobs\": [...]}", [FieldError("jobs", "required, and the only field")])
+        raise ValidationFailed('the body is {"jobs": [...]}', [FieldError("jobs", "required, and the only field")])
     who = caller()
     items = admit_batch(svc.store, svc.catalog, svc.settings, body["jobs"], who.owner, who.limits)
     data = []
@@ -66,7 +78,34 @@ def create_batch() -> Response:
 
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> Response:
-    return _job_response(job_id, 200)
+    """The job; with ``?wait=N`` (N ≤ 60 s) answered as soon as it is terminal, or after N."""
+    return _job_response(job_id, 200, _float_arg("wait", 0.0, 0.0, MAX_WAIT_S))
+
+
+@bp.get("/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    """Server-Sent Events: the job's events — the same types and bodies as its webhooks, ``id:``
+    = the webhook-id — from the start (or after ``Last-Event-ID``), then live, until the
+    terminal one; a finished job replays its history and the stream ends."""
+    svc = services()
+    find_job(job_id)
+    last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or ""
+    stream = follow(svc.events, svc.hub, job_id, after=event_seq(last))
+    presign = svc.storage.presign
+
+    def lines() -> Iterator[str]:
+        yield "retry: 1000\n\n"
+        for event in stream:
+            if event is None:
+                yield ": keep-alive\n\n"
+                continue
+            body = json.dumps(render_event(event.raw, presign), separators=(",", ":"))
+            yield f"id: {event.id}\nevent: {event.type}\ndata: {body}\n\n"
+
+    response = Response(stream_with_context(lines()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # a proxy must not hold the stream back
+    return response
 
 
 @bp.post("/<job_id>/retry")
@@ -128,11 +167,41 @@ def list_jobs() -> Response:
     return jsonify({"data": data, "next_cursor": page.next_cursor})
 
 
-def _job_response(job_id: str, status: int) -> Response:
-    record, position = services().store.get_with_position(job_id, tenant=caller().scope)
+def _job_response(job_id: str, status: int, wait_s: float = 0.0) -> Response:
+    record, position = wait_for_job(job_id, wait_s)
     if record is None:
         raise JobNotFound(f"no job with id {job_id!r}")
     return _render(record, position, status)
+
+
+def wait_for_job(job_id: str, wait_s: float) -> tuple[JobRecord | None, int | None]:
+    """The caller's job (and queue position), once it is terminal or ``wait_s`` has passed."""
+    svc = services()
+    scope = caller().scope
+    record, position = svc.store.get_with_position(job_id, tenant=scope)
+    if record is None or record.status.is_terminal() or wait_s <= 0:
+        return record, position
+    deadline = time.monotonic() + wait_s
+    with svc.hub.watch(job_id) as watch:
+        while True:
+            record, position = svc.store.get_with_position(job_id, tenant=scope)
+            left = deadline - time.monotonic()
+            if record is None or record.status.is_terminal() or left <= 0:
+                return record, position
+            watch.wait(left)
+
+
+def prefer_wait(header: str | None) -> float:
+    """Seconds a client asked to wait (RFC 7240 ``Prefer: wait=N``; a bare ``wait``, as
+    Replicate's clients send it, means the most: 60); 0 without it. A hint: never an error."""
+    for preference in (header or "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return min(max(float(value.strip().strip('"')), 0.0), MAX_WAIT_S) if value.strip() else MAX_WAIT_S
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
 def _render(record: JobRecord, position: int | None, status: int) -> Response:
@@ -178,6 +247,19 @@ def _status_arg(raw: str | None) -> JobStatus | None:
     except ValueError:
         allowed = ", ".join(s.value for s in JobStatus)
         raise ValidationFailed(f"unknown status {raw!r}", [FieldError("status", f"must be one of {allowed}")]) from None
+
+
+def _float_arg(name: str, default: float, low: float, high: float) -> float:
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be a number", [FieldError(name, "must be a number")]) from None
+    if not low <= value <= high:
+        raise ValidationFailed(f"{name} out of range", [FieldError(name, f"must be from {low:g} to {high:g}")])
+    return value
 
 
 def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int | None:

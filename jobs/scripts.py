@@ -219,9 +219,12 @@ end
 local function create(job, id, band, class, fields)
   local seq = redis.call('INCR', K.seq)
   local score = schedule(band)
-  redis.call('HSET', job, 'seq', seq, 'band', band, 'sched_score', fmt(score), 'enqueued_at', A.now,
-    'batch_class', class)
-  for name, value in pairs(cjson.decode(fields)) do redis.call('HSET', job, name, value) end
+  local flat = {'seq', seq, 'band', band, 'sched_score', fmt(score), 'enqueued_at', A.now, 'batch_class', class}
+  for name, value in pairs(cjson.decode(fields)) do
+    flat[#flat + 1] = name
+    flat[#flat + 1] = value
+  end
+  redis.call('HSET', job, unpack(flat))
   redis.call('ZADD', K.jobs, seq, id)
   redis.call('ZADD', K.queued, seq, id)
   local member = A.tenant .. '|' .. string.format('%016d', seq) .. '|' .. id

@@ -1,4 +1,5 @@
-"""The public shape of a job: what ``GET /v1/jobs/<id>`` returns and webhooks carry."""
+"""The public shape of a job and of its events: what ``GET /v1/jobs/<id>`` returns, and what
+webhooks and the ``/events`` stream carry (the same body for both)."""
 
 from __future__ import annotations
 
@@ -51,4 +52,13 @@ def job_metrics(record: JobRecord) -> dict[str, float | None]:
         "queue_seconds": span(record.created_at, record.started_at),
         "generation_seconds": round(record.generation_seconds, 4) if record.generation_seconds is not None else None,
         "total_seconds": span(record.created_at, record.completed_at),
+    }
+
+
+def render_event(event: dict[str, Any], presign: Presigner | None) -> dict[str, Any]:
+    """``{"type", "timestamp", "data"}``; data is the job as ``GET /v1/jobs/<id>`` showed it then."""
+    return {
+        "type": event["type"],
+        "timestamp": rfc3339(float(event["timestamp"])),
+        "data": render_job(JobRecord.from_hash(event["job"]), None, presign),
     }
