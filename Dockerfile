@@ -75,4 +75,4 @@ EXPOSE 8000
 # the whole command line. Default: the API; workers override it with `dq worker ...`,
 # webhook delivery with `dq webhooks`.
 ENTRYPOINT []
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--worker-class", "gthread", "--threads", "4", "api:create_app()"]
+CMD ["gunicorn", "-c", "api/gunicorn_conf.py", "--bind", "0.0.0.0:8000", "--workers", "4", "api:create_app()"]

@@ -28,7 +28,6 @@ from jobs.tenants import DEFAULT_TENANT, ApiKey
 
 log = logging.getLogger("dq.api")
 OPEN_PATHS = ("/healthz", "/readyz")
-PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -38,7 +37,6 @@ class Caller:
     key: str  # the key's prefix ('' with auth off)
     admin: bool
     limits: Limits
-    max_priority: str = "normal"
 
     @property
     def owner(self) -> Owner:
@@ -50,17 +48,14 @@ class Caller:
         """Whose jobs this caller reads and changes: its tenant's, or everyone's for an admin."""
         return ANY_TENANT if self.admin else self.tenant
 
-    def may_use(self, priority: str) -> bool:
-        return PRIORITY_RANK[priority] <= PRIORITY_RANK[self.max_priority]
-
 
 def caller_for(record: ApiKey, settings: Settings) -> Caller:
     """A key's caller; limits the key leaves unset come from the configuration."""
     rate = settings.rate_limit_per_s if record.rate_limit_per_s is None else record.rate_limit_per_s
     burst = settings.rate_limit_burst if record.rate_limit_burst is None else record.rate_limit_burst
     active = settings.max_active_jobs if record.max_active_jobs is None else record.max_active_jobs
-    limits = Limits(rate_per_s=rate, burst=max(burst, 1), max_active=active)
-    return Caller(record.tenant, record.prefix, record.admin, limits, record.max_priority)
+    limits = Limits(rate_per_s=rate, burst=max(burst, 1), max_active=active, max_priority=record.max_priority)
+    return Caller(record.tenant, record.prefix, record.admin, limits)
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -79,7 +74,7 @@ def authenticate() -> None:
         return
     svc = services()
     if not svc.settings.auth:
-        g.caller = Caller(DEFAULT_TENANT, "", True, _default_limits(svc.settings), "high")
+        g.caller = Caller(DEFAULT_TENANT, "", True, _default_limits(svc.settings))
         return
     scheme, _, presented = (request.headers.get("Authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():

@@ -20,13 +20,23 @@ def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> Re
     return Response(json.dumps(body), status=status, mimetype="application/problem+json")
 
 
+def problem_body(exc: DQError) -> dict[str, Any]:
+    """A domain error as a problem+json object (also one item of a batch answer)."""
+    body: dict[str, Any] = {"type": PROBLEM_BASE + exc.slug, "title": exc.title, "status": exc.status}
+    body["detail"] = exc.detail
+    if exc.errors:
+        body["errors"] = [e.as_dict() for e in exc.errors]
+    if "Retry-After" in exc.headers:
+        body["retry_after"] = int(exc.headers["Retry-After"])
+    return body
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(DQError)
     def _domain(exc: DQError) -> Response:
-        extra: dict[str, Any] = {}
-        if exc.errors:
-            extra["errors"] = [e.as_dict() for e in exc.errors]
-        response = problem(exc.status, exc.title, exc.detail, exc.slug, **extra)
+        body = problem_body(exc)
+        body.pop("retry_after", None)  # the header says it
+        response = Response(json.dumps(body), status=exc.status, mimetype="application/problem+json")
         if exc.status == 503:
             response.headers["Retry-After"] = "5"
         response.headers.update(exc.headers)

@@ -1,5 +1,6 @@
-"""``/v1/keys`` (admin): create, list and revoke API keys; ``/v1/webhook-secret``: the caller's
-tenant's webhook signing secret, and its rotation."""
+"""``/v1/keys`` (admin): create, list and revoke API keys; ``/v1/tenants/<name>`` (admin): a
+tenant's fair-share weight; ``/v1/webhook-secret``: the caller's tenant's webhook signing
+secret, and its rotation."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import admin_only, caller
 from api.jobs import json_body
 from api.services import services
-from jobs.errors import KeyNotFound
+from jobs.errors import FieldError, KeyNotFound, ValidationFailed
 from jobs.models import rfc3339
 from jobs.submit import parse_body
-from jobs.tenants import PRIORITIES, WebhookSecret
+from jobs.tenants import PRIORITIES, TENANT_PATTERN, WebhookSecret
 
 bp = Blueprint("keys", __name__, url_prefix="/v1")
 
@@ -61,6 +62,26 @@ def revoke_key(prefix: str) -> Response:
     if not services().api_keys.revoke(prefix):
         raise KeyNotFound(f"no API key with prefix {prefix!r}")
     return Response(status=204)
+
+
+class TenantSettings(BaseModel):
+    """Body of ``PUT /v1/tenants/<name>``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    weight: float = Field(ge=0.01, le=100)  # its share of the workers against others in the same band
+
+
+@bp.put("/tenants/<tenant>")
+@admin_only
+def set_tenant(tenant: str) -> Response:
+    """A tenant's fair-share weight (default 1): with weight 2 it gets twice the job slots of a
+    weight-1 tenant while both have jobs waiting in the same priority band."""
+    if not TENANT_PATTERN.fullmatch(tenant):
+        raise ValidationFailed("invalid tenant", [FieldError("tenant", "1-64 of a-z, 0-9, '.', '_', '-'")])
+    spec = parse_body(TenantSettings, json_body())
+    services().store.set_weight(tenant, spec.weight)
+    return jsonify({"tenant": tenant, "weight": spec.weight})
 
 
 @bp.get("/webhook-secret")

@@ -10,6 +10,7 @@ from flask import Flask, current_app
 
 from jobs.capabilities import ModelCatalog
 from jobs.connections import Role, create_redis
+from jobs.events import EventHub, EventLog
 from jobs.keys import Keys
 from jobs.settings import Settings
 from jobs.storage import S3Storage
@@ -29,6 +30,8 @@ class Services:
     api_keys: KeyStore
     key_cache: KeyCache
     tenants: Tenants
+    events: EventLog
+    hub: EventHub  # one pub/sub subscription per process, started by the first waiter
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> Services:
@@ -51,6 +54,8 @@ class Services:
             api_keys=api_keys,
             key_cache=KeyCache(api_keys),
             tenants=Tenants(client, keys, default_secret=settings.webhook_secret),
+            events=EventLog(client, keys),
+            hub=EventHub(create_redis(settings, Role.PUBSUB), keys),
         )
         app.extensions["dq"] = services
         # Closed with the app: when it is garbage-collected, or at interpreter exit (gunicorn's
@@ -59,7 +64,8 @@ class Services:
         return services
 
     def close(self) -> None:
-        """Close the long-lived clients (Redis pool, S3 connections)."""
+        """Close the long-lived clients (Redis pool, S3 connections) and stop the event hub."""
+        self.hub.stop()
         self.redis.close()
         self.storage.close()
 

@@ -45,25 +45,27 @@ def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> 
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
         "rps": round(rps),
         "p99_ms": round(float(p99.group(1)) * scale[p99.group(2)], 2) if p99 else None,
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(n) for n in socket.groups()) if socket else 0,
     }
 
 
-def run(seconds: int = 5, connections: int = 32, workers: int = 2, threads: int = 4) -> dict[str, Any]:
+def run(seconds: int = 5, connections: int = 32, workers: int = 2) -> dict[str, Any]:
     result: dict[str, Any] = {
-        "gunicorn": f"{workers} gthread workers x {threads} threads",
+        "gunicorn": f"{workers} gevent workers (api/gunicorn_conf.py)",
         "wrk": f"-t2 -c{connections}",
     }
     with stack() as s:
-        api = s.start_api(workers=workers, threads=threads)
+        api = s.start_api(workers=workers)
         http = s.http()
         job = post_json(http, api + "/v1/jobs", {"prompt": "status target", "num_inference_steps": 4})
         # The floor first, then reads, then the submit flood (it grows Redis by ~45,000 jobs, and
         # the AOF with it, which would tax whatever runs after it).
-        bare = s.start_api(workers=workers, threads=threads, app="bench.bare_app:create_app()")
+        bare = s.start_api(workers=workers, app="bench.bare_app:create_app()")
         result["bare_flask_get"] = measure(f"{bare}/v1/jobs/{job['id']}", seconds, connections)
         auth = f'wrk.headers["Authorization"] = "Bearer {s.api_key}"\n'
         result["status_read"] = measure(f"{api}/v1/jobs/{job['id']}", seconds, connections, auth)

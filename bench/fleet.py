@@ -48,7 +48,7 @@ def run(workers: int = 48, job_s: float = 0.5, window_s: float = 20.0, steps: in
 
         def feeder() -> None:  # keep a backlog of about 2 × workers
             while not stop.is_set():
-                depth = client.zcard("dq:queue:tiny-sd")
+                depth = client.zcard("dq:pending:tiny-sd")
                 for _ in range(max(0, 2 * workers - depth)):
                     post_json(http, api + "/v1/jobs", body)
                 time.sleep(0.05)

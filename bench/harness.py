@@ -24,6 +24,7 @@ import urllib3
 from dq.procs import Service, free_port, process_tree, stop_process, wait_until
 from dq.redis_server import start_redis
 from dq.seaweedfs import create_bucket, s3_env, start_seaweedfs
+from dq.stack import api_command
 from jobs.keys import Keys
 from jobs.tenants import KeyStore
 from jobs.workers import WorkerRegistry
@@ -136,27 +137,9 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def start_api(self, workers: int = 2, threads: int = 4, app: str = "api:create_app()") -> str:
+    def start_api(self, workers: int = 2, app: str = "api:create_app()") -> str:
         port = free_port()
-        self.spawn(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(workers),
-                "--worker-class",
-                "gthread",
-                "--threads",
-                str(threads),
-                "--backlog",
-                "2048",
-                app,
-            ],
-        )
+        self.spawn("api", api_command(f"127.0.0.1:{port}", workers, app))
         url = f"http://127.0.0.1:{port}"
         http = urllib3.PoolManager(retries=False)
         wait_until(lambda: http.request("GET", url + "/healthz", timeout=1).status == 200, 30, "api")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import IO, Any
 
 import urllib3
@@ -56,22 +57,49 @@ class Client:
     def models(self) -> dict[str, Any]:
         return self._ok(*self.request("GET", "/v1/models"))  # type: ignore[no-any-return]
 
-    def wait(
-        self, job_id: str, timeout_s: float = 600, out: IO[str] | None = None, poll_s: float = 0.1
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job = self.get(job_id)
+    def wait(self, job_id: str, timeout_s: float = 600, out: IO[str] | None = None) -> dict[str, Any]:
+        """The job once it is terminal, following its event stream (a progress bar on ``out``)."""
+        def show(state: dict[str, Any]) -> None:
             if out is not None:
-                out.write("\r" + progress_line(job))
+                out.write("\r" + progress_line(state))
                 out.flush()
-            if job["status"] in TERMINAL:
-                if out is not None:
-                    out.write("\n")
-                return job
+
+        job = self.get(job_id)
+        show(job)
+        deadline = time.monotonic() + timeout_s
+        while job["status"] not in TERMINAL:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
-            time.sleep(poll_s)
+            for event in self.events(job_id, timeout_s=deadline - time.monotonic()):
+                show(event["data"])
+            job = self.get(job_id)  # the stream ended (terminal, or cut): read the job as it is now
+        show(job)
+        if out is not None:
+            out.write("\n")
+        return job
+
+    def events(self, job_id: str, timeout_s: float = 600) -> Iterator[dict[str, Any]]:
+        """The job's Server-Sent Events (``GET /v1/jobs/<id>/events``), parsed, until the stream ends."""
+        reply = self.http.request(
+            "GET",
+            f"{self.base_url}/v1/jobs/{job_id}/events",
+            headers={**self.auth, "Accept": "text/event-stream"},
+            preload_content=False,
+            timeout=urllib3.Timeout(connect=10.0, read=timeout_s),
+        )
+        if reply.status != 200:
+            raise ApiError(reply.status, reply.data[:200].decode(errors="replace"))
+        data: list[str] = []
+        try:
+            for raw in reply:  # lines
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("data: "):
+                    data.append(line[6:])
+                elif not line and data:
+                    yield json.loads("\n".join(data))
+                    data = []
+        finally:
+            reply.release_conn()
 
     def download(self, url: str) -> bytes:
         """An output: a presigned S3 URL (no API key sent) or an API route (the key sent)."""

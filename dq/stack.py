@@ -94,25 +94,7 @@ class LocalStack:
         self.child_env.pop("DQ_API_KEY", None)  # a client's secret: no component needs it
         # 3. The API under gunicorn.
         self.api_port = self.api_port or free_port()
-        self.spawn(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"127.0.0.1:{self.api_port}",
-                "--workers",
-                "2",
-                "--worker-class",
-                "gthread",
-                "--threads",
-                "4",
-                "--graceful-timeout",
-                "10",
-                "api:create_app()",
-            ],
-        )
+        self.spawn("api", api_command(f"127.0.0.1:{self.api_port}"))
         http = urllib3.PoolManager(retries=False)
         wait_until(lambda: http.request("GET", self.api_url + "/healthz", timeout=1).status == 200, 30, "api")
         # 4. Webhook delivery: its own process, never on the generation path.
@@ -179,6 +161,12 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def api_command(bind: str, workers: int = 2, app: str = "api:create_app()") -> list[str]:
+    """The API under gunicorn, configured by ``api/gunicorn_conf.py`` (gevent workers)."""
+    config = Path(__file__).resolve().parent.parent / "api" / "gunicorn_conf.py"
+    return [sys.executable, "-m", "gunicorn", "-c", str(config), "--bind", bind, "--workers", str(workers), app]
 
 
 def with_local_api_key(settings: Settings, directory: Path, out: IO[str] | None = None) -> Settings:

@@ -17,11 +17,12 @@ from jobs.errors import (
     IdempotencyConflict,
     NoWorker,
     Overloaded,
+    TooManyItems,
     TooManyRequests,
     ValidationFailed,
 )
 from jobs.settings import Settings
-from jobs.store import CreateOutcome, CreateResult, JobStore, Limits, Owner
+from jobs.store import PRIORITY_BANDS, CreateOutcome, CreateResult, JobStore, Limits, NewJob, Owner
 from jobs.submit import PreparedJob, new_job_id, prepare_job
 from webhooks.ssrf import WebhookURLRefused, check_webhook_url
 
@@ -55,6 +56,28 @@ def prepare(body: Any, catalog: ModelCatalog, settings: Settings) -> PreparedJob
     return prepared
 
 
+def check_priority(prepared: PreparedJob, limits: Limits) -> None:
+    """A key may ask for priorities up to its ``max_priority``."""
+    if PRIORITY_BANDS[prepared.priority] < PRIORITY_BANDS[limits.max_priority]:
+        raise ValidationFailed(
+            f"priority {prepared.priority!r} is above this key's max_priority {limits.max_priority!r}",
+            [FieldError("priority", f"at most {limits.max_priority!r} with this key")],
+        )
+
+
+def new_job(prepared: PreparedJob, extra: dict[str, str] | None = None) -> NewJob:
+    return NewJob(
+        new_job_id(),
+        prepared.input,
+        priority=prepared.priority,
+        batch_class=prepared.batch_class,
+        metadata=prepared.metadata,
+        webhook=prepared.webhook,
+        webhook_events_filter=prepared.webhook_events_filter,
+        extra=extra or {},
+    )
+
+
 def admit(
     store: JobStore,
     prepared: PreparedJob,
@@ -62,21 +85,28 @@ def admit(
     limits: Limits,
     settings: Settings,
     idempotency_key: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Admitted:
     """Create the job, or raise the refusal as a domain error (``TooManyRequests``, ``Overloaded``,
-    ``NoWorker``, ``IdempotencyConflict``) carrying ``Retry-After`` and RateLimit headers."""
+    ``NoWorker``, ``IdempotencyConflict``, ``ValidationFailed`` for a priority above the key's)
+    carrying ``Retry-After`` and RateLimit headers."""
+    check_priority(prepared, limits)
+    job = new_job(prepared, extra)
     result = store.create(
-        new_job_id(),
+        job.id,
         prepared.model,
         prepared.input,
         owner=owner,
         limits=limits,
-        metadata=prepared.metadata,
-        webhook=prepared.webhook,
-        webhook_events_filter=prepared.webhook_events_filter,
+        priority=job.priority,
+        batch_class=job.batch_class,
+        metadata=job.metadata,
+        webhook=job.webhook,
+        webhook_events_filter=job.webhook_events_filter,
         idempotency_key=idempotency_key,
         request_hash=prepared.request_hash,
         idempotency_ttl_s=settings.idempotency_ttl_s,
+        extra=job.extra,
     )
     headers = rate_limit_headers(limits, result.tokens)
     if result.outcome is CreateOutcome.EXISTS and result.request_hash != prepared.request_hash:
@@ -116,3 +146,48 @@ def rate_limit_headers(limits: Limits, tokens: float | None) -> dict[str, str]:
         "RateLimit-Policy": f'"default";q={limits.burst};w={window}',
         "RateLimit": f'"default";r={max(0, math.floor(tokens))};t={until_full}',
     }
+
+
+MAX_BATCH = 100
+
+
+def admit_batch(
+    store: JobStore, catalog: ModelCatalog, settings: Settings, bodies: Any, owner: Owner, limits: Limits
+) -> list[BatchItem]:
+    """Validate each body, then create the valid ones — one atomic step per model — each
+    created or refused as it would have been alone; answers in request order."""
+    if not isinstance(bodies, list) or not bodies:
+        raise ValidationFailed("`jobs` must be a non-empty list", [FieldError("jobs", "a list of 1 to 100 jobs")])
+    if len(bodies) > MAX_BATCH:
+        raise TooManyItems(
+            f"{len(bodies)} jobs in one batch; at most {MAX_BATCH}", [FieldError("jobs", f"at most {MAX_BATCH} jobs")]
+        )
+    items: list[BatchItem] = []
+    by_model: dict[str, list[tuple[int, NewJob]]] = {}
+    for index, body in enumerate(bodies):
+        try:
+            prepared = prepare(body, catalog, settings)
+            check_priority(prepared, limits)
+        except DQError as exc:
+            items.append(BatchItem(index, exc.status, error=exc))
+            continue
+        by_model.setdefault(prepared.model, []).append((index, new_job(prepared)))
+    for model, jobs in by_model.items():
+        results = store.create_many(model, [job for _, job in jobs], owner=owner, limits=limits)
+        for (index, _), result in zip(jobs, results, strict=True):
+            if result.created:
+                items.append(BatchItem(index, 202, result=result))
+            else:
+                error = refusal(result, model, limits, {})
+                items.append(BatchItem(index, error.status, error=error))
+    return sorted(items, key=lambda item: item.index)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One job of a batch submit: what it alone would have got."""
+
+    index: int
+    status: int
+    result: CreateResult | None = None
+    error: DQError | None = None

@@ -48,6 +48,12 @@ class JobNotFound(DQError):
     slug = "not-found"
 
 
+class ModelNotFound(DQError):
+    status = 404
+    title = "Model not found"
+    slug = "not-found"
+
+
 class DeliveryNotFound(DQError):
     status = 404
     title = "Delivery not found"
@@ -58,6 +64,12 @@ class IdempotencyConflict(DQError):
     status = 422
     title = "Idempotency key reused with a different request"
     slug = "idempotency-conflict"
+
+
+class TooManyItems(DQError):
+    status = 413
+    title = "Too many items"
+    slug = "too-large"
 
 
 class InvalidTransition(DQError):

@@ -6,7 +6,18 @@
 ``dq:bytenant``            zset   ``<tenant>|<seq, 16 digits>|<id>`` per job, all scores 0: one
                                   tenant's jobs, newest first, by ZREVRANGEBYLEX (listing)
 ``dq:bytenant:<status>``   zset   the same per status
-``dq:queue:<model>``       zset   queued job ids per model, same score (queue position)
+``dq:pending:<model>``     zset   jobs waiting to be picked, score = the scheduler's order
+                                  (priority band × 1e12 + the tenant's fair-share start tag):
+                                  ZRANGE 0 0 is "which job next", ZRANK the queue position
+``dq:vt:<model>``          hash   fair-share clocks: ``V:<band>`` (the band's virtual time) and
+                                  ``F:<band>:<tenant>`` (the tenant's next finish tag)
+``dq:aging:<model>``       zset   pending jobs below the top band, score = when they entered it
+``dq:batchable:<model>``   zset   ``<batch class>|<score>|<id>`` (scores 0): compatible jobs, in
+                                  order, for a model compiled with a static batch > 1
+``dq:batchmember:<model>`` hash   job id -> its member in ``dq:batchable:<model>``
+``dq:picked:<model>``      zset   jobs a worker picked but has not started, score = deadline
+``dq:models``              set    every model that ever had a job (the reconciler's list)
+``dq:weights``             hash   tenant -> fair-share weight (default 1)
 ``dq:seq``                 string creation sequence counter
 ``dq:idem:<sha256>``       string idempotency record ``<job id> <request sha256>``; the digest is
                                   of ``<tenant>`` NUL ``<Idempotency-Key>``: keys are per tenant
@@ -27,8 +38,10 @@
 ``dq:wh:wake``             list   one token while events wait: a blocked deliverer wakes at once
 ``dq:wh:attempts:<job id>`` hash  webhook message id -> attempts made at it since it was queued
 ``dq:deliveries:<job id>`` list   webhook delivery attempts of a job (JSON, oldest first)
-Celery queue per model: ``gen.<model>``, kombu's Redis list; the job store LPUSHes messages to
-it in the script that creates or re-queues a job (``jobs/transport.py``).
+Celery queue per model: ``gen.<model>``, kombu's Redis list. It carries *tokens*, not jobs: a
+token wakes an idle worker, which then picks "which job next" from ``dq:pending:<model>``
+(``jobs/scripts.py`` ``PICK``) until nothing is left; the store's scripts keep a token there
+while jobs are pending (``jobs/transport.py``).
 
 Per-tenant and per-key state lives in *fields* of a few known keys (``dq:bytenant``,
 ``dq:ratelimits``, ``dq:active``), never in keys named after data: every script can then
@@ -57,8 +70,41 @@ class Keys:
     def by_tenant(self, status: str | None = None) -> str:
         return f"{self.prefix}:bytenant" + (f":{status}" if status else "")
 
-    def queue(self, model: str) -> str:
-        return f"{self.prefix}:queue:{model}"
+    def pending(self, model: str) -> str:
+        return f"{self.prefix}:pending:{model}"
+
+    def vclock(self, model: str) -> str:
+        return f"{self.prefix}:vt:{model}"
+
+    def aging(self, model: str) -> str:
+        return f"{self.prefix}:aging:{model}"
+
+    def batchable(self, model: str) -> str:
+        return f"{self.prefix}:batchable:{model}"
+
+    def batch_members(self, model: str) -> str:
+        return f"{self.prefix}:batchmember:{model}"
+
+    def picked(self, model: str) -> str:
+        return f"{self.prefix}:picked:{model}"
+
+    def models(self) -> str:
+        return f"{self.prefix}:models"
+
+    def weights(self) -> str:
+        return f"{self.prefix}:weights"
+
+    def scheduling(self, model: str) -> dict[str, str]:
+        """The scheduler's keys of one model, by the names its scripts use."""
+        return {
+            "pending": self.pending(model),
+            "vclock": self.vclock(model),
+            "aging": self.aging(model),
+            "batchable": self.batchable(model),
+            "batch_members": self.batch_members(model),
+            "picked": self.picked(model),
+            "broker": celery_queue(model),
+        }
 
     def seq(self) -> str:
         return f"{self.prefix}:seq"
@@ -87,6 +133,10 @@ class Keys:
 
     def model_workers(self, model: str) -> str:
         return f"{self.prefix}:workers:{model}"
+
+    def events_channel(self) -> str:
+        """Pub/sub channel announcing every job event: ``<job id> <event id> <type>``."""
+        return f"{self.prefix}:events"
 
     def cancel_channel(self) -> str:
         """Pub/sub channel on which a running job's cancel is announced to the workers."""

@@ -21,7 +21,8 @@ import redis
 class Script:
     """One Lua script: what it does, its named KEYS and ARGV, and its body.
 
-    ``varargs`` names what follows the named ARGV (``field, value, …`` pairs), if anything.
+    ``varargs`` names what follows the named ARGV (``field, value, …`` pairs), if anything;
+    ``varkeys`` what follows the named KEYS (a batch's job hashes), read as ``KEYS[VARKEYS_AT + i]``.
     """
 
     name: str
@@ -31,16 +32,20 @@ class Script:
     body: str
     prelude: str = ""
     varargs: str = ""
+    varkeys: str = ""
 
     def source(self) -> str:
         lines = [f"-- {self.name}: {self.doc}"]
         lines += [f"-- KEYS[{i}] {name}" for i, name in enumerate(self.keys, 1)]
+        if self.varkeys:
+            lines.append(f"-- KEYS[{len(self.keys) + 1}..] {self.varkeys}")
         lines += [f"-- ARGV[{i}] {name}" for i, name in enumerate(self.args, 1)]
         if self.varargs:
             lines.append(f"-- ARGV[{len(self.args) + 1}..] {self.varargs}")
         lines.append("local K = {" + ", ".join(f"{n} = KEYS[{i}]" for i, n in enumerate(self.keys, 1)) + "}")
         lines.append("local A = {" + ", ".join(f"{n} = ARGV[{i}]" for i, n in enumerate(self.args, 1)) + "}")
         lines.append(f"local VARARGS_AT = {len(self.args) + 1}")
+        lines.append(f"local VARKEYS_AT = {len(self.keys) + 1}")
         return "\n".join(lines) + "\n" + self.prelude + self.body
 
 
@@ -57,6 +62,7 @@ class BoundScript:
         args: Mapping[str, object] | None = None,
         varargs: Sequence[object] = (),
         client: Any = None,
+        varkeys: Sequence[str] = (),
     ) -> Any:
         """Run the script; ``client`` may be a pipeline (the reply then comes from ``execute``)."""
         s = self.script
@@ -67,7 +73,7 @@ class BoundScript:
             raise TypeError(f"script {s.name}: missing {missing}, unknown {unknown}")
         argv = [_arg(given[name]) for name in s.args]
         argv += [_arg(v) for v in varargs]
-        return self._call(keys=[keys[name] for name in s.keys], args=argv, client=client)
+        return self._call(keys=[*(keys[name] for name in s.keys), *varkeys], args=argv, client=client)
 
 
 def _arg(value: object) -> str:

@@ -49,6 +49,7 @@ class JobRequest(BaseModel):
     height: int | None = Field(default=None, ge=8, le=4096, multiple_of=8)
     num_images: int | None = Field(default=None, ge=1, le=8)
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    priority: Literal["low", "normal", "high"] = "normal"  # at most the key's max_priority
     scheduler: str | None = Field(default=None, min_length=1, max_length=64)  # omitted: the model's own
     ttl_seconds: int | None = Field(default=None, ge=1, le=7 * 86_400)  # may wait queued this long
     timeout_seconds: int | None = Field(default=None, ge=1, le=86_400)  # may run this long

@@ -2,14 +2,16 @@
 across the fleet (a Redis lock); every worker process runs a candidate.
 
 Each tick, as the leader:
-1. running jobs whose lease expired (their worker died or hung) go back to ``queued`` with a
-   new broker message, in one script; the next start counts as another attempt
-   (``max_attempts`` is enforced when a worker claims it);
+1. running jobs whose lease expired (their worker died or hung) go back to their place in
+   the scheduler, in one script; the next start counts as another attempt (``max_attempts``
+   is enforced when a worker starts it);
 2. running jobs past ``timeout_seconds`` (plus one lease of grace) fail as ``timeout``;
-3. queued jobs past ``ttl_seconds`` fail as ``expired``.
-A job and its message are always written together (``JobStore.create``), so there is no
-"created but never published" job to repair. A duplicate message (kombu restoring an
-unacknowledged one) is harmless: a worker skips any job that is not ``queued``.
+3. queued jobs past ``ttl_seconds`` fail as ``expired``;
+4. per model: jobs picked but never started (their worker died in between) go back to their
+   place; pending jobs that waited ``DQ_PRIORITY_AGING_S`` in their band move up one; and a
+   wake-up token is restored when jobs are pending and none waits (a token lost with a
+   killed worker, or deleted). Tokens carry no job, so a lost or duplicated one never loses
+   or duplicates a job.
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ class TickReport:
     canceled: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+    promoted: list[str] = field(default_factory=list)
 
     def any(self) -> bool:
-        return any((self.requeued, self.canceled, self.timed_out, self.expired))
+        return any((self.requeued, self.canceled, self.timed_out, self.expired, self.restored, self.promoted))
 
 
 class Reconciler:
@@ -69,11 +73,13 @@ class Reconciler:
         *,
         interval_s: float = 2.0,
         lease_s: float = 30.0,
+        aging_s: float = 600.0,
     ) -> None:
         self.store = store
         self.owner = owner
         self.interval_s = interval_s
         self.lease_s = lease_s
+        self.aging_s = aging_s
         self._lead = BoundScript(store.redis, LEAD)
 
     def lead(self) -> bool:
@@ -86,6 +92,7 @@ class Reconciler:
         report = TickReport()
         self._running(now, report)
         self._queued(now, report)
+        self._scheduling(now, report)
         if report.any():
             log.info("reconciler: %s", report)
         return report
@@ -106,6 +113,12 @@ class Reconciler:
                 report.requeued.append(job_id)
             elif outcome is RequeueOutcome.CANCELED:
                 report.canceled.append(job_id)
+
+    def _scheduling(self, now: float, report: TickReport) -> None:
+        for model in self.store.models_with_jobs():
+            report.restored += self.store.restore_picked(model, now)
+            report.promoted += self.store.promote_aged(model, self.aging_s, now)
+            self.store.wake(model)
 
     def _queued(self, now: float, report: TickReport) -> None:
         ids = self.store.ids_with_status(JobStatus.QUEUED, limit=QUEUED_SCAN)  # oldest first

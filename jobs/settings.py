@@ -74,6 +74,11 @@ class Settings:
     warmup: bool = True
     reconcile_interval_s: float = 2.0
     emulated_seconds: float = 0.0  # DQ_BACKEND=emulated: seconds each job holds the "core"
+    emulated_batch_cost: float = 1.0  # DQ_BACKEND=emulated, static batch: each extra prompt's cost, × one job
+    # Scheduling (docs/scheduling.md)
+    priority_aging_s: float = 600.0  # a pending job moves up a priority band after waiting this long
+    batch_wait_ms: float = 50.0  # a worker waits this long for compatible jobs to fill a static batch
+    pick_timeout_s: float = 30.0  # a job picked but never started (its worker died) goes back after this
     # Set for each worker process by the launcher (`dq worker`); read here, never elsewhere.
     neuron_rt_visible_cores: str = field(default="", metadata={"env": "NEURON_RT_VISIBLE_CORES"})
     cuda_visible_devices: str = field(default="", metadata={"env": "CUDA_VISIBLE_DEVICES"})

@@ -15,18 +15,18 @@ from __future__ import annotations
 import enum
 import json
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 
 from jobs import scripts
 from jobs.connections import as_text
-from jobs.keys import Keys, celery_queue
+from jobs.keys import Keys
 from jobs.lua import BoundScript
 from jobs.models import JobStatus
-from jobs.transport import task_message
+from jobs.transport import TOKENS, work_message
 
 ANY_TENANT = "*"  # the scope of admins, workers and the reconciler (never a tenant's name)
 
@@ -57,6 +57,7 @@ class Limits:
     rate_per_s: float = 0.0
     burst: int = 0
     max_active: int = 0
+    max_priority: str = "high"  # the highest priority its jobs may ask for
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ class JobRecord:
     created_at: float
     tenant: str = ""
     api_key: str = ""  # prefix of the key that created it
+    priority: str = "normal"
+    retry_of: str | None = None
+    retried_by: str | None = None
     started_at: float | None = None
     completed_at: float | None = None
     progress_step: int = 0
@@ -149,6 +153,9 @@ class JobRecord:
             created_at=float(raw["created_at"]),
             tenant=raw.get("tenant", ""),
             api_key=raw.get("key", ""),
+            priority=raw.get("priority") or "normal",
+            retry_of=raw.get("retry_of") or None,
+            retried_by=raw.get("retried_by") or None,
             started_at=opt_float("started_at"),
             completed_at=opt_float("completed_at"),
             progress_step=int(raw.get("progress_step") or 0),
@@ -182,6 +189,32 @@ class CreateResult:
         return self.outcome is CreateOutcome.CREATED
 
 
+PRIORITY_BANDS = {"high": 0, "normal": 1, "low": 2}  # lower runs first (the pending score's band)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """One job to create: plain data (``jobs/admission.py`` makes them from requests)."""
+
+    id: str
+    input: dict[str, Any]
+    priority: str = "normal"
+    batch_class: str = ""  # jobs of one class can share a static batch ('' = the model does not batch)
+    metadata: dict[str, Any] | None = None
+    webhook: str | None = None
+    webhook_events_filter: list[str] | None = None
+    extra: dict[str, str] = field(default_factory=dict)  # more job fields (e.g. retry_of)
+
+
+@dataclass(frozen=True)
+class Picked:
+    """What ``JobStore.pick`` took: job ids to start (empty: nothing to do), and how many are
+    still pending behind them."""
+
+    ids: list[str]
+    pending: int
+
+
 @dataclass(frozen=True)
 class StartResult:
     status: ClaimOutcome
@@ -200,7 +233,8 @@ class Page:
 
 
 class JobStore:
-    """Every read and transition of a job. Transitions are Lua scripts: one atomic step each."""
+    """Every read and transition of a job, and the scheduler's "which job next". Transitions are
+    Lua scripts: one atomic step each."""
 
     def __init__(
         self,
@@ -216,15 +250,7 @@ class JobStore:
         self.retention_s = retention_s
         self.progress_event_interval_s = progress_event_interval_s
         self.backpressure = backpressure or Backpressure()
-        self._create = BoundScript(client, scripts.CREATE)
-        self._read = BoundScript(client, scripts.READ)
-        self._start = BoundScript(client, scripts.START)
-        self._progress = BoundScript(client, scripts.PROGRESS)
-        self._position = BoundScript(client, scripts.POSITION)
-        self._renew = BoundScript(client, scripts.RENEW)
-        self._finish = BoundScript(client, scripts.FINISH)
-        self._cancel = BoundScript(client, scripts.CANCEL)
-        self._requeue = BoundScript(client, scripts.REQUEUE)
+        self._scripts = {script.name: BoundScript(client, script) for script in scripts.STORE_SCRIPTS}
 
     def _outbox(self, job_id: str) -> dict[str, str]:
         return _pick(self.keys.outbox(job_id), scripts.OUTBOX)
@@ -235,6 +261,9 @@ class JobStore:
         name = name or status.value
         return {name: self.keys.jobs_by_status(status.value), f"{name}_by_tenant": self.keys.by_tenant(status.value)}
 
+    def _channels(self) -> dict[str, str]:
+        return {"events_channel": self.keys.events_channel()}
+
     # -- creation -------------------------------------------------------------------
     def create(
         self,
@@ -244,6 +273,8 @@ class JobStore:
         *,
         owner: Owner,
         limits: Limits = Limits(),
+        priority: str = "normal",
+        batch_class: str = "",
         metadata: dict[str, Any] | None = None,
         webhook: str | None = None,
         webhook_events_filter: Iterable[str] | None = None,
@@ -253,9 +284,9 @@ class JobStore:
         extra: dict[str, str] | None = None,
         now: float | None = None,
     ) -> CreateResult:
-        """A new queued job and its broker message, in one atomic step (no orphan either way),
-        if the model has room and the owner's key its quota and rate (checked in the same step:
-        no race lets a burst through, and a refused request writes nothing).
+        """A new queued job in the scheduler, in one atomic step, if the model has room and the
+        owner's key its quota and rate (checked in the same step: no race lets a burst through,
+        and a refused request writes nothing).
 
         Returns:
             ``CreateResult`` with ``outcome``: ``CREATED`` (with the record and its queue
@@ -263,49 +294,63 @@ class JobStore:
             same ``idempotency_key`` stored: the caller compares the hashes), or a refusal —
             ``BACKLOG``, ``NO_WORKER``, ``QUOTA``, ``RATE`` — with ``retry_after_s``.
         """
+        job = NewJob(
+            job_id,
+            job_input,
+            priority=priority,
+            batch_class=batch_class,
+            metadata=metadata,
+            webhook=webhook,
+            webhook_events_filter=list(webhook_events_filter) if webhook_events_filter is not None else None,
+            extra=extra or {},
+        )
+        idempotency = self.keys.idempotency(owner.tenant, idempotency_key) if idempotency_key else ""
+        return self._create(model, [job], owner, limits, idempotency, request_hash, idempotency_ttl_s, now)[0]
+
+    def create_many(
+        self, model: str, jobs: list[NewJob], *, owner: Owner, limits: Limits = Limits(), now: float | None = None
+    ) -> list[CreateResult]:
+        """Several new jobs of one model in one atomic step (a batch submit); each is created or
+        refused (rate, quota, backlog) as it would have been alone, in order. No idempotency."""
+        return self._create(model, jobs, owner, limits, "", "", 0, now)
+
+    def _create(
+        self,
+        model: str,
+        jobs: list[NewJob],
+        owner: Owner,
+        limits: Limits,
+        idempotency: str,
+        request_hash: str,
+        idempotency_ttl_s: int,
+        now: float | None,
+    ) -> list[CreateResult]:
         created_at = now if now is not None else time.time()
-        fields: dict[str, str] = {
-            "id": job_id,
-            "status": JobStatus.QUEUED.value,
-            "model": model,
-            "tenant": owner.tenant,
-            "key": owner.key,
-            "input": _dumps(job_input),
-            "created_at": repr(created_at),
-            "progress_step": "0",
-            "progress_total": str(job_input.get("num_inference_steps", 0)),
-            "attempts": "0",
-            **(extra or {}),
-        }
-        if metadata is not None:
-            fields["metadata"] = _dumps(metadata)
-        if webhook:
-            fields["webhook"] = webhook
-        if webhook_events_filter is not None:
-            fields["webhook_events_filter"] = _dumps(list(webhook_events_filter))
+        records = [_job_fields(job, model, owner, created_at) for job in jobs]
         k = self.keys
         keys = {
-            "job": k.job(job_id),
             "jobs": k.jobs(),
             "by_tenant": k.by_tenant(),
             **self._indexes(JobStatus.QUEUED),
-            "queue": k.queue(model),
-            "broker": celery_queue(model),
-            "idempotency": k.idempotency(owner.tenant, idempotency_key) if idempotency_key else "",
+            "idempotency": idempotency,
             "seq": k.seq(),
             "rate_limits": k.rate_limits(),
             "active": k.active(),
             "model": k.model(model),
             "model_workers": k.model_workers(model),
+            "models": k.models(),
+            "weights": k.weights(),
+            **k.scheduling(model),
         }
         bp = self.backpressure
         args = {
-            "id": job_id,
             "tenant": owner.tenant,
             "key": owner.key,
+            "model_name": model,
             "request_hash": request_hash,
             "idempotency_ttl_s": idempotency_ttl_s,
-            "broker_message": task_message(job_id, model),
+            "token": work_message(model),
+            "tokens_max": TOKENS,
             "now": created_at,
             "rate_per_s": float(limits.rate_per_s),
             "burst": limits.burst,
@@ -315,36 +360,38 @@ class JobStore:
             "worker_stale_s": float(bp.worker_stale_s),
             "no_worker_s": float(bp.no_worker_s),
         }
-        reply = self._create(keys, args, [item for pair in fields.items() for item in pair])
-        outcome = CreateOutcome(as_text(reply[0]))
-        if outcome is CreateOutcome.CREATED:
-            record = JobRecord.from_hash({**fields, "seq": as_text(reply[1])})
-            tokens = float(as_text(reply[3]))
-            return CreateResult(
-                outcome,
-                job_id,
-                request_hash,
-                record,
-                int(reply[2]),
-                tokens=tokens if tokens >= 0 else None,
-                active=int(as_text(reply[4])) if owner.key else None,
-            )
-        if outcome is CreateOutcome.EXISTS:
+        varargs: list[object] = []
+        for job, fields in zip(jobs, records, strict=True):
+            varargs += [job.id, PRIORITY_BANDS[job.priority], job.batch_class, _dumps(fields)]
+        reply = self._scripts["create"](keys, args, varargs, varkeys=[k.job(job.id) for job in jobs])
+        if as_text(reply[0]) == "exists":
             existing_id, _, existing_hash = as_text(reply[1]).partition(" ")
-            return CreateResult(outcome, existing_id, existing_hash)
-        return CreateResult(outcome, retry_after_s=float(as_text(reply[1])), tokens=float(as_text(reply[2])))
+            return [CreateResult(CreateOutcome.EXISTS, existing_id, existing_hash)]
+        tokens = float(as_text(reply[0]))
+        active = int(as_text(reply[1])) if owner.key else None
+        results = []
+        for job, fields, item in zip(jobs, records, reply[2:], strict=True):
+            outcome = CreateOutcome(as_text(item[0]))
+            if outcome is CreateOutcome.CREATED:
+                record = JobRecord.from_hash({**fields, "seq": as_text(item[1])})
+                result = CreateResult(outcome, job.id, request_hash, record, int(item[2]), tokens=None, active=active)
+            else:
+                result = CreateResult(outcome, retry_after_s=float(as_text(item[1])))
+            results.append(replace(result, tokens=tokens if tokens >= 0 else None))
+        return results
 
     # -- reads ----------------------------------------------------------------------
     def get(self, job_id: str, *, tenant: str) -> JobRecord | None:
         """The job, or None when there is no such job (never created, past retention) or it
         belongs to another tenant than ``tenant`` (``ANY_TENANT``: any) — the same answer."""
-        flat = self._read({"job": self.keys.job(job_id)}, {"tenant": tenant})
+        flat = self._scripts["read"]({"job": self.keys.job(job_id)}, {"tenant": tenant})
         if not flat:
             return None
         return JobRecord.from_hash({as_text(flat[i]): as_text(flat[i + 1]) for i in range(0, len(flat), 2)})
 
     def get_with_position(self, job_id: str, *, tenant: str) -> tuple[JobRecord | None, int | None]:
-        """The job (as ``get``) and, when queued, how many queued jobs of its model are ahead.
+        """The job (as ``get``) and, when queued, how many jobs the scheduler will start before
+        it (its rank in the model's pending order; 0 once a worker picked it).
 
         One round trip for a job that is not queued, two for a queued one (its position is
         read by a script that re-checks the status, so "queued" never comes without one).
@@ -353,61 +400,160 @@ class JobStore:
             record = self.get(job_id, tenant=tenant)
             if record is None or record.status is not JobStatus.QUEUED:
                 return record, None
-            keys = {"job": self.keys.job(job_id), "queue": self.keys.queue(record.model)}
-            rank = self._position(keys, {"id": job_id})
+            keys = {"job": self.keys.job(job_id), "pending": self.keys.pending(record.model)}
+            rank = self._scripts["position"](keys, {"id": job_id})
             if rank is not None:
                 return record, int(rank)
             # it left the queue between the two reads: read it again
 
-    def queued_messages(self, model: str) -> int:
-        """Messages waiting in the model's broker list (what a worker would take next)."""
-        return int(self.redis.llen(celery_queue(model)))
-
     def queue_depth(self, model: str) -> int:
-        """How many jobs of ``model`` are queued."""
-        return int(self.redis.zcard(self.keys.queue(model)))
+        """How many jobs of ``model`` wait to be picked."""
+        return int(self.redis.zcard(self.keys.pending(model)))
 
     def ids_with_status(self, status: JobStatus, limit: int = 1000) -> list[str]:
         """Up to ``limit`` ids of jobs in ``status``, oldest first (every tenant's)."""
         ids: Any = self.redis.zrange(self.keys.jobs_by_status(status.value), 0, limit - 1)
         return [as_text(i) for i in ids]
 
-    def page(self, *, tenant: str, status: JobStatus | None = None, limit: int = 20, cursor: int | None = None) -> Page:
+    def page(
+        self,
+        *,
+        tenant: str,
+        status: JobStatus | None = None,
+        limit: int = 20,
+        cursor: int | None = None,
+        where: Callable[[JobRecord], bool] | None = None,
+        scan_limit: int = 1000,
+    ) -> Page:
         """``tenant``'s jobs (``ANY_TENANT``: everyone's), newest first; ``cursor`` is the
-        sequence number of the last job already seen."""
+        sequence number of the last job already seen. ``where`` filters (e.g. by error type),
+        reading at most ``scan_limit`` jobs for one page: a page may then come back short, with
+        a cursor to go on from."""
+        matches: list[JobRecord] = []
+        scanned, exhausted = 0, False
+        while len(matches) <= limit and scanned < scan_limit:
+            members = self._members(tenant, status, limit + 1, cursor)
+            for record, seq in self._load(members):
+                cursor, scanned = seq, scanned + 1
+                if record is not None and (where is None or where(record)):
+                    matches.append(record)
+                    if len(matches) > limit:
+                        break
+            if len(members) <= limit:
+                exhausted = True
+                break
+        if len(matches) > limit:
+            return Page(matches[:limit], str(matches[limit - 1].seq))
+        return Page(matches, None if exhausted or cursor is None else str(cursor))
+
+    def _members(self, tenant: str, status: JobStatus | None, count: int, cursor: int | None) -> list[tuple[str, str]]:
+        """(index, member) of up to ``count`` jobs below ``cursor``, newest first."""
         status_name = status.value if status else None
         if tenant == ANY_TENANT:
             index = self.keys.jobs_by_status(status_name) if status_name else self.keys.jobs()
             upper = f"({cursor}" if cursor is not None else "+inf"
-            raw = self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=limit + 1)
-            members = [(as_text(i), as_text(i)) for i in raw]  # type: ignore[union-attr]
+            raw: Any = self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=count)
         else:
             index = self.keys.by_tenant(status_name)
             upper = f"({tenant}|{cursor:016d}" if cursor is not None else f"({tenant}}}"
-            raw = self.redis.zrevrangebylex(index, upper, f"[{tenant}|", start=0, num=limit + 1)
-            members = [(as_text(m), as_text(m).rsplit("|", 1)[1]) for m in raw]  # type: ignore[union-attr]
+            raw = self.redis.zrevrangebylex(index, upper, f"[{tenant}|", start=0, num=count)
+        return [(index, as_text(m)) for m in raw]
+
+    def _load(self, members: list[tuple[str, str]]) -> list[tuple[JobRecord | None, int]]:
+        """The jobs behind index members, with their sequence numbers; a job past its retention
+        is None (and leaves the index)."""
+        ids = [member.split("|")[2] if "|" in member else member for _, member in members]
         pipe = self.redis.pipeline(transaction=False)
-        for _, job_id in members[:limit]:
+        for job_id in ids:
             pipe.hgetall(self.keys.job(job_id))
-        records = []
-        for (member, _), hash_ in zip(members, pipe.execute(), strict=False):
-            if hash_:
-                records.append(JobRecord.from_hash({as_text(a): as_text(b) for a, b in hash_.items()}))
-            else:  # expired by retention: drop it from the index lazily
+        loaded: list[tuple[JobRecord | None, int]] = []
+        for (index, member), raw in zip(members, pipe.execute(), strict=True):
+            if raw:
+                record = JobRecord.from_hash({as_text(a): as_text(b) for a, b in raw.items()})
+                loaded.append((record, record.seq))
+            else:
+                seq = int(member.split("|")[1]) if "|" in member else int(self.redis.zscore(index, member) or 0)
                 self.redis.zrem(index, member)
-        more = len(members) > limit
-        next_cursor = str(records[-1].seq) if more and records else None
-        return Page(records, next_cursor)
+                loaded.append((None, seq))
+        return loaded
+
+    # -- scheduling -----------------------------------------------------------------
+    def pick(self, model: str, *, batch_max: int = 1, batch_class: str = "", pick_timeout_s: float = 30.0) -> Picked:
+        """Which job next: the head of ``model``'s pending jobs — highest band, then fair share
+        between tenants — plus, when ``batch_max`` > 1, up to ``batch_max`` - 1 pending jobs of
+        its batch class (or, with ``batch_class``, up to ``batch_max`` of that class only).
+
+        Returns:
+            ``Picked`` with the ids to ``start`` (none: nothing pending, or the model is
+            paused) and the number still pending. A picked job not started within
+            ``pick_timeout_s`` goes back to its place (``restore_picked``).
+        """
+        now = time.time()
+        args = {
+            "now": now,
+            "deadline": now + pick_timeout_s,
+            "batch_max": batch_max,
+            "class": batch_class,
+            "token": work_message(model),
+        }
+        reply = self._scripts["pick"]({"model": self.keys.model(model), **self.keys.scheduling(model)}, args)
+        return Picked([as_text(i) for i in reply[1:]], int(reply[0]))
+
+    def restore_picked(self, model: str, now: float | None = None) -> list[str]:
+        """Jobs picked more than their timeout ago and never started (their worker died in
+        between) go back to their place; returns their ids."""
+        now = time.time() if now is None else now
+        stale = [as_text(i) for i in self.redis.zrangebyscore(self.keys.picked(model), "-inf", now)]  # type: ignore
+        restored = []
+        for job_id in stale:
+            keys = {"job": self.keys.job(job_id), **self.keys.scheduling(model)}
+            if int(self._scripts["restore"](keys, {"now": now, "token": work_message(model)})):
+                restored.append(job_id)
+        return restored
+
+    def promote_aged(self, model: str, aging_s: float, now: float | None = None) -> list[str]:
+        """Pending jobs that waited ``aging_s`` in their band move up one, to its front (no
+        starvation of ``low``); returns their ids."""
+        now = time.time() if now is None else now
+        aged = [as_text(i) for i in self.redis.zrangebyscore(self.keys.aging(model), "-inf", now - aging_s)]  # type: ignore
+        promoted = []
+        for job_id in aged:
+            keys = {"job": self.keys.job(job_id), **self.keys.scheduling(model)}
+            if int(self._scripts["promote"](keys, {"now": now})):
+                promoted.append(job_id)
+        return promoted
+
+    def wake(self, model: str) -> bool:
+        """A token in ``model``'s queue if jobs are pending and none waits (False: paused)."""
+        keys = {"model": self.keys.model(model), **self.keys.scheduling(model)}
+        return int(self._scripts["wake"](keys, {"token": work_message(model)})) == 1
+
+    def models_with_jobs(self) -> list[str]:
+        return sorted(as_text(m) for m in self.redis.smembers(self.keys.models()))  # type: ignore[union-attr]
+
+    def set_paused(self, model: str, paused: bool) -> None:
+        """Pause (workers pick nothing; queued jobs stay queued, running ones finish) or resume."""
+        if paused:
+            self.redis.hset(self.keys.model(model), "paused", "1")
+        else:
+            self.redis.hdel(self.keys.model(model), "paused")
+            self.wake(model)
+
+    def paused(self, model: str) -> bool:
+        return self.redis.hget(self.keys.model(model), "paused") == b"1"
+
+    def set_weight(self, tenant: str, weight: float) -> None:
+        """A tenant's fair-share weight (default 1): its share within a band, relative to others."""
+        self.redis.hset(self.keys.weights(), tenant, repr(float(weight)))
 
     # -- transitions ----------------------------------------------------------------
     def start(self, job_id: str, model: str, worker: str, *, lease_s: float, max_attempts: int = 3) -> StartResult:
-        """queued → running for ``worker``: attempt + 1, a lease of ``lease_s``.
+        """A picked queued job → running for ``worker``: attempt + 1, a lease of ``lease_s``.
 
         Returns:
             ``StartResult`` whose ``status`` is ``ClaimOutcome.STARTED`` (with the attempt and
             the job's input), ``MAX_ATTEMPTS`` (the job had used them all: it is now failed),
-            ``MISSING``, or the status the job already had (``RUNNING``, ``SUCCEEDED``, …):
-            a duplicate or stale message, to acknowledge and skip.
+            ``MISSING``, or the status the job already had (``CANCELED`` while picked, …).
         """
         now = time.time()
         keys = {
@@ -415,8 +561,8 @@ class JobStore:
             **self._indexes(JobStatus.QUEUED),
             **self._indexes(JobStatus.RUNNING),
             **self._indexes(JobStatus.FAILED),
-            "queue": self.keys.queue(model),
             "active": self.keys.active(),
+            **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
         args = {
@@ -425,8 +571,9 @@ class JobStore:
             "lease_until": now + lease_s,
             "max_attempts": max_attempts,
             "retention_s": self.retention_s,
+            **self._channels(),
         }
-        reply = self._start(keys, args)
+        reply = self._scripts["start"](keys, args)
         job_input = json.loads(as_text(reply[2])) if len(reply) > 2 else None
         return StartResult(ClaimOutcome(as_text(reply[0])), int(reply[1]), job_input)
 
@@ -444,14 +591,15 @@ class JobStore:
             "lease_until": now + lease_s,
             "now": now,
             "event_interval_s": self.progress_event_interval_s,
+            **self._channels(),
         }
         keys = {"job": self.keys.job(job_id), **self._outbox(job_id)}
-        return ProgressAnswer(as_text(self._progress(keys, args)))
+        return ProgressAnswer(as_text(self._scripts["progress"](keys, args)))
 
     def renew(self, job_id: str, attempt: int, *, lease_s: float) -> bool:
         """Extend the lease; False when ``attempt`` no longer holds the job."""
         args = {"attempt": attempt, "lease_until": time.time() + lease_s}
-        return int(self._renew({"job": self.keys.job(job_id)}, args)) == 1
+        return int(self._scripts["renew"]({"job": self.keys.job(job_id)}, args)) == 1
 
     def succeed(
         self, job_id: str, model: str, attempt: int, outputs: list[dict[str, Any]], *, generation_seconds: float
@@ -495,8 +643,8 @@ class JobStore:
             "job": self.keys.job(job_id),
             **self._indexes(JobStatus.QUEUED),
             **self._indexes(JobStatus.CANCELED),
-            "queue": self.keys.queue(model),
             "active": self.keys.active(),
+            **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
         args = {
@@ -504,12 +652,17 @@ class JobStore:
             "now": time.time(),
             "retention_s": self.retention_s,
             "cancel_channel": self.keys.cancel_channel(),
+            **self._channels(),
         }
-        return CancelOutcome(as_text(self._cancel(keys, args)))
+        return CancelOutcome(as_text(self._scripts["cancel"](keys, args)))
+
+    def link_retry(self, original_id: str, retry_id: str) -> None:
+        """Record on the original job which job retried it (the retry records ``retry_of``)."""
+        self.redis.hset(self.keys.job(original_id), "retried_by", retry_id)
 
     def requeue_if_lease_expired(self, job_id: str, model: str, now: float | None = None) -> RequeueOutcome:
-        """A running job whose lease expired goes back to the queue with a new broker message
-        (the reconciler: its worker died or hung). Its next start counts another attempt.
+        """A running job whose lease expired goes back to its place in the scheduler (the
+        reconciler: its worker died or hung). Its next start counts another attempt.
 
         Returns:
             ``RequeueOutcome.REQUEUED``; ``CANCELED`` (its cancel had been requested, so it
@@ -518,8 +671,8 @@ class JobStore:
         return self._requeue_job(job_id, model, None, time.time() if now is None else now)
 
     def give_back(self, job_id: str, model: str, attempt: int) -> RequeueOutcome:
-        """The attempt holding a running job gives it back to the queue (its worker stalled and
-        is about to exit), at once rather than when the lease runs out.
+        """The attempt holding a running job gives it back to the scheduler (its worker stalled
+        and is about to exit), at once rather than when the lease runs out.
 
         Returns:
             ``RequeueOutcome.REQUEUED``, ``CANCELED`` (a cancel was pending) or ``HELD`` (this
@@ -533,18 +686,18 @@ class JobStore:
             **self._indexes(JobStatus.RUNNING),
             **self._indexes(JobStatus.QUEUED),
             **self._indexes(JobStatus.CANCELED),
-            "queue": self.keys.queue(model),
-            "broker": celery_queue(model),
             "active": self.keys.active(),
+            **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
         args = {
             "now": now,
             "retention_s": self.retention_s,
-            "broker_message": task_message(job_id, model),
+            "token": work_message(model),
             "attempt": "" if attempt is None else attempt,
+            **self._channels(),
         }
-        return RequeueOutcome(as_text(self._requeue(keys, args)))
+        return RequeueOutcome(as_text(self._scripts["requeue"](keys, args)))
 
     def _transition(
         self,
@@ -562,9 +715,9 @@ class JobStore:
             "job": self.keys.job(job_id),
             **self._indexes(source, "from_index"),
             **self._indexes(target, "to_index"),
-            "queue": self.keys.queue(model),
             "active": self.keys.active(),
             "model": self.keys.model(model),
+            **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
         args = {
@@ -574,9 +727,35 @@ class JobStore:
             "now": time.time(),
             "retention_s": self.retention_s,
             "generation_s": "" if generation_s is None else float(generation_s),
+            **self._channels(),
         }
         varargs = [item for pair in values.items() for item in pair]
-        return int(self._finish(keys, args, varargs)) == 1
+        return int(self._scripts["finish"](keys, args, varargs)) == 1
+
+
+def _job_fields(job: NewJob, model: str, owner: Owner, created_at: float) -> dict[str, str]:
+    """The hash fields of a new job (the create script adds seq, band and its scheduling)."""
+    fields: dict[str, str] = {
+        "id": job.id,
+        "status": JobStatus.QUEUED.value,
+        "model": model,
+        "tenant": owner.tenant,
+        "key": owner.key,
+        "priority": job.priority,
+        "input": _dumps(job.input),
+        "created_at": repr(created_at),
+        "progress_step": "0",
+        "progress_total": str(job.input.get("num_inference_steps", 0)),
+        "attempts": "0",
+        **job.extra,
+    }
+    if job.metadata is not None:
+        fields["metadata"] = _dumps(job.metadata)
+    if job.webhook:
+        fields["webhook"] = job.webhook
+    if job.webhook_events_filter is not None:
+        fields["webhook_events_filter"] = _dumps(job.webhook_events_filter)
+    return fields
 
 
 def _pick(mapping: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:

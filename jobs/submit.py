@@ -24,6 +24,16 @@ class PreparedJob:
     webhook: str | None
     webhook_events_filter: list[str] | None
     request_hash: str
+    priority: str = "normal"
+    batch_class: str = ""  # '' unless the model runs a static batch of several prompts
+
+
+def batch_class(job_input: dict[str, Any]) -> str:
+    """What jobs must share to run in one static-batch call: steps, guidance, shape, images per
+    prompt and scheduler (their prompts, negative prompts and seeds may differ)."""
+    parts = [job_input.get(name) for name in ("num_inference_steps", "guidance_scale", "width", "height")]
+    parts += [job_input.get("num_images"), job_input.get("scheduler") or ""]
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
 
 
 def new_job_id() -> str:
@@ -98,6 +108,8 @@ def prepare_job(
         webhook=request.webhook,
         webhook_events_filter=list(request.webhook_events_filter) if request.webhook_events_filter else None,
         request_hash=request_hash(body),
+        priority=request.priority,
+        batch_class=batch_class(job_input) if info.static and info.batch_size > 1 else "",
     )
 
 

@@ -1,9 +1,15 @@
-"""Celery as the transport. The API and the reconciler never talk to Celery: they write the
-task message into the model's broker list themselves, inside the same Lua script that creates
-(or re-queues) the job, so a job and its message exist together or not at all. The workers
-consume that list with an ordinary Celery worker (kombu's Redis transport).
+"""Celery as the transport — of wake-up tokens, not of jobs.
 
-The message is exactly what ``Celery.send_task(GENERATE_TASK, args=[job_id, model],
+A model's Celery queue holds *tokens*: a token (``dq.work(model)``) wakes one idle worker,
+which then picks jobs from the scheduler (``JobStore.pick``: "which job next", decided in one
+Lua step) and runs them until nothing is pending, then acknowledges the token. The store's
+scripts write tokens themselves, in the same atomic step that makes a job pending: at most
+two wait in the list (``TOKENS``), and one is always there while jobs are pending and no
+worker is draining, so an idle worker never misses work; the reconciler restores one if a
+token is lost (a worker killed holding it, a deleted message). A duplicate token is harmless:
+it only makes a worker look for work.
+
+The message is exactly what ``Celery.send_task(WORK_TASK, args=[model],
 queue=celery_queue(model))`` publishes on kombu's Redis transport at priority 0: a JSON
 envelope whose base64 body is task protocol 2 ``[args, kwargs, embed]``; it is LPUSHed to
 the list named after the queue and the worker BRPOPs it (FIFO).
@@ -23,7 +29,8 @@ from celery import Celery
 from jobs.keys import celery_queue
 from jobs.settings import Settings
 
-GENERATE_TASK = "dq.generate"
+WORK_TASK = "dq.work"
+TOKENS = 2  # tokens at most waiting in a model's queue (each wakes one idle worker)
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 
 
@@ -50,17 +57,17 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def task_message(job_id: str, model: str) -> str:
-    """The broker message that runs ``dq.generate(job_id, model)`` on the model's queue."""
+def work_message(model: str) -> str:
+    """A token: the broker message that runs ``dq.work(model)`` on the model's queue."""
     task_id = str(uuid.uuid4())
-    body = json.dumps([[job_id, model], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    body = json.dumps([[model], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
     envelope = {
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
             "lang": "py",
-            "task": GENERATE_TASK,
+            "task": WORK_TASK,
             "id": task_id,
             "shadow": None,
             "eta": None,
@@ -71,7 +78,7 @@ def task_message(job_id: str, model: str) -> str:
             "timelimit": [None, None],
             "root_id": task_id,
             "parent_id": None,
-            "argsrepr": repr([job_id, model]),
+            "argsrepr": repr([model]),
             "kwargsrepr": "{}",
             "origin": _ORIGIN,
             "ignore_result": True,

@@ -1,4 +1,5 @@
-"""The public shape of a job: what ``GET /v1/jobs/<id>`` returns and webhooks carry."""
+"""The public shape of a job and of its events: what ``GET /v1/jobs/<id>`` returns, and what
+webhooks and the ``/events`` stream carry (the same body for both)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def render_job(record: JobRecord, queue_position: int | None, presign: Presigner
         "status": record.status.value,
         "model": record.model,
         "tenant": record.tenant,
+        "priority": record.priority,
         "input": record.input,
         "created_at": rfc3339(record.created_at),
         "started_at": rfc3339(record.started_at),
@@ -37,6 +39,8 @@ def render_job(record: JobRecord, queue_position: int | None, presign: Presigner
         "metadata": record.metadata,
         "webhook": record.webhook,
         "webhook_events_filter": record.webhook_events_filter,
+        "retry_of": record.retry_of,
+        "retried_by": record.retried_by,
     }
 
 
@@ -48,4 +52,13 @@ def job_metrics(record: JobRecord) -> dict[str, float | None]:
         "queue_seconds": span(record.created_at, record.started_at),
         "generation_seconds": round(record.generation_seconds, 4) if record.generation_seconds is not None else None,
         "total_seconds": span(record.created_at, record.completed_at),
+    }
+
+
+def render_event(event: dict[str, Any], presign: Presigner | None) -> dict[str, Any]:
+    """``{"type", "timestamp", "data"}``; data is the job as ``GET /v1/jobs/<id>`` showed it then."""
+    return {
+        "type": event["type"],
+        "timestamp": rfc3339(float(event["timestamp"])),
+        "data": render_job(JobRecord.from_hash(event["job"]), None, presign),
     }

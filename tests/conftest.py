@@ -53,7 +53,8 @@ def s3_service(session_dir: Path) -> Iterator[Service]:
 @pytest.fixture(scope="session")
 def models_dir(session_dir: Path) -> Path:
     """tiny-sd (dynamic shapes), tiny-static (Neuron-style static 64x64, 2 images per prompt),
-    tiny-broken (the tiny weights, served by a backend that raises)."""
+    tiny-broken (the tiny weights, served by a backend that raises), tiny-batch (static 64x64,
+    a batch of 4 prompts per call: the scheduler packs jobs into it)."""
     from worker.pipelines.tiny import StaticShape, build_tiny_model, declare_static_shape
 
     root = session_dir / "models"
@@ -66,6 +67,8 @@ def models_dir(session_dir: Path) -> Path:
     shutil.copytree(root / "tiny-sd", root / "tiny-static")
     declare_static_shape(root / "tiny-static", StaticShape(64, 64, 1, 2))
     shutil.copytree(root / "tiny-sd", root / "tiny-broken")
+    shutil.copytree(root / "tiny-sd", root / "tiny-batch")  # as if compiled for 4 prompts per call
+    declare_static_shape(root / "tiny-batch", StaticShape(64, 64, 4, 1))
     return root
 
 

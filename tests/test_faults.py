@@ -142,7 +142,7 @@ def finals(client: FlaskClient, ids: list[str], timeout_s: float) -> dict[str, d
 
 def assert_nothing_in_flight(r: redis.Redis) -> None:
     assert r.zcard("dq:jobs:queued") == 0 and r.zcard("dq:jobs:running") == 0
-    assert r.zcard("dq:queue:tiny-sd") == 0
+    assert r.zcard("dq:pending:tiny-sd") == 0 and r.zcard("dq:picked:tiny-sd") == 0
 
 
 def test_sigkill_workers_mid_generation(stack: FaultStack) -> None:

@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 from dq.procs import Service, stop_process, wait_until
 from jobs.keys import Keys, celery_queue
 from jobs.settings import Settings
-from jobs.transport import task_message
+from jobs.transport import work_message
 from jobs.workers import WorkerRegistry
 from tests.conftest import BUCKET, REPO_ROOT, WorkerFactory, worker_env
 from tests.helpers import s3_keys, submit, wait_for, wait_until_job
@@ -192,18 +192,24 @@ def test_a_warm_shutdown_finishes_the_running_job_and_takes_nothing_new(
     assert done["status"] == "succeeded" and done["attempts"] == 1
 
 
-# -- duplicated messages -------------------------------------------------------------------------
-def test_duplicate_messages_never_run_a_job_twice(
+# -- duplicated and lost messages --------------------------------------------------------------
+def test_duplicate_tokens_never_run_a_job_twice(
     client: FlaskClient, start_worker: WorkerFactory, redis_client: redis.Redis, s3_service: Service
 ) -> None:
+    """Celery messages carry wake-up tokens, not jobs: a duplicate (kombu restoring an unacked
+    one, an operator's replay) only makes a worker look for work; a job runs once because only
+    the scheduler's pick hands it out."""
     start_worker(**RECORDING, DQ_EMULATED_SECONDS="1")
     running = submit(client, num_inference_steps=10, seed=106)
     wait_until(lambda: len(steps_recorded(redis_client, 106)) >= 2, 30, "the job running")
-    redis_client.lpush(celery_queue("tiny-sd"), task_message(running["id"], "tiny-sd"))  # while it runs
+    for _ in range(3):  # while it runs
+        redis_client.lpush(celery_queue("tiny-sd"), work_message("tiny-sd"))
     finished = wait_for(client, running["id"])
-    redis_client.lpush(celery_queue("tiny-sd"), task_message(running["id"], "tiny-sd"))  # once it is done
-    after = submit(client, num_inference_steps=2, seed=107)  # behind both duplicates
+    for _ in range(3):  # once it is done
+        redis_client.lpush(celery_queue("tiny-sd"), work_message("tiny-sd"))
+    after = submit(client, num_inference_steps=2, seed=107)
     assert wait_for(client, after["id"])["status"] == "succeeded"
+    wait_until(lambda: redis_client.llen(celery_queue("tiny-sd")) == 0, 30, "every token taken and acknowledged")
     again = client.get(f"/v1/jobs/{running['id']}").get_json()
     assert finished["status"] == again["status"] == "succeeded"
     assert again["attempts"] == 1 and again["completed_at"] == finished["completed_at"]
@@ -211,7 +217,18 @@ def test_duplicate_messages_never_run_a_job_twice(
     assert s3_keys(s3_service, BUCKET, f"outputs/tiny-sd/{running['id']}/") == [
         f"outputs/tiny-sd/{running['id']}/0.png"
     ]
-    assert redis_client.llen(celery_queue("tiny-sd")) == 0  # both duplicates consumed (acknowledged)
+
+
+def test_a_lost_token_is_restored_by_the_reconciler(
+    client: FlaskClient, start_worker: WorkerFactory, redis_client: redis.Redis
+) -> None:
+    job = submit(client, num_inference_steps=2, seed=109)
+    redis_client.delete(celery_queue("tiny-sd"))  # the message is lost: no worker will be woken by it
+    started = time.monotonic()
+    start_worker(**RECORDING, DQ_EMULATED_SECONDS="0.1", DQ_RECONCILE_INTERVAL_S="0.5")
+    final = wait_for(client, job["id"], timeout_s=60)
+    assert final["status"] == "succeeded" and final["attempts"] == 1
+    print(f"\nlost token: the job ran {time.monotonic() - started:.1f} s after a worker started (reconcile 0.5 s)")
 
 
 # -- timeouts ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def test_keys_are_namespaced() -> None:
     assert k.job("abc") == "dq:job:abc"
     assert k.jobs() == "dq:jobs"
     assert k.jobs_by_status("queued") == "dq:jobs:queued"
-    assert k.queue("tiny-sd") == "dq:queue:tiny-sd"
+    assert k.pending("tiny-sd") == "dq:pending:tiny-sd"
     assert k.worker("w1") == "dq:worker:w1"
     assert k.idempotency("t", "key").startswith("dq:idem:") and len(k.idempotency("t", "key")) == len("dq:idem:") + 64
     assert k.idempotency("t", "key") != k.idempotency("u", "key")  # per tenant

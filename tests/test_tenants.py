@@ -228,7 +228,7 @@ def test_a_burst_against_max_active_jobs_creates_exactly_n(
     responses = burst(acme, 20)
     codes = sorted(r.status_code for r in responses)
     assert codes == [202] * 5 + [429] * 15
-    assert redis_client.zcard("dq:jobs") == 5 and redis_client.llen("gen.tiny-sd") == 5
+    assert redis_client.zcard("dq:jobs") == 5 and redis_client.zcard("dq:pending:tiny-sd") == 5
     refused = next(r for r in responses if r.status_code == 429)
     body = assert_problem(refused, 429)
     assert "max_active_jobs=5" in body["detail"] and 1 <= int(refused.headers["Retry-After"]) <= 60
@@ -268,7 +268,7 @@ def test_backpressure_refuses_with_retry_after(
     refused = submit(small)
     assert_problem(refused, 429)["type"].endswith("/backpressure")
     assert int(refused.headers["Retry-After"]) >= 1
-    assert redis_client.zcard("dq:queue:tiny-sd") == 3
+    assert redis_client.zcard("dq:pending:tiny-sd") == 3
     # estimated wait: 3 queued, one live worker, 2 s per job → the next would wait 8 s > 5 s
     now = time.time()
     redis_client.zadd("dq:workers:tiny-sd", {"w1": now})

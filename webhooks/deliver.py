@@ -28,9 +28,8 @@ from jobs.keys import Keys
 from jobs.models import rfc3339
 from jobs.settings import Settings
 from jobs.storage import S3Storage
-from jobs.store import JobRecord
 from jobs.tenants import DEFAULT_TENANT, Tenants, WebhookSecret
-from jobs.view import Presigner, render_job
+from jobs.view import Presigner, render_event
 from webhooks.outbox import Outbox, PendingMessage, SettleAnswer
 from webhooks.policy import Decision, Outcome, decide, parse_retry_after, parse_schedule
 from webhooks.signing import Signer, check_secret
@@ -136,14 +135,8 @@ class Sender:
 
 
 def render_body(event: dict[str, Any], presign: Presigner | None) -> str:
-    """``{"type", "timestamp", "data"}``; data is the job exactly as ``GET /v1/jobs/<id>`` shows it."""
-    record = JobRecord.from_hash(event["job"])
-    body = {
-        "type": event["type"],
-        "timestamp": rfc3339(float(event["timestamp"])),
-        "data": render_job(record, None, presign),
-    }
-    return json.dumps(body, separators=(",", ":"))
+    """The event as JSON (``jobs.view.render_event``: the same body as the ``/events`` stream)."""
+    return json.dumps(render_event(event, presign), separators=(",", ":"))
 
 
 class SecretCache:

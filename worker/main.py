@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from celery import Celery, signals
@@ -27,11 +27,11 @@ from jobs.reconciler import Reconciler, ReconcilerThread
 from jobs.settings import Settings
 from jobs.storage import S3Storage
 from jobs.store import JobStore
-from jobs.transport import GENERATE_TASK, make_celery
+from jobs.transport import WORK_TASK, make_celery
 from jobs.workers import WorkerInfo, WorkerRegistry, heartbeat_ttl_s
 from worker.liveness import Heartbeat, Holding, InFlight
 from worker.pipelines import load_backend
-from worker.pipelines.base import Backend, GenerationRequest
+from worker.pipelines.base import Backend, BatchBackend, GenerationRequest
 from worker.pipelines.tiny import ensure_embedded_model
 from worker.runner import CancelRequests, Finisher, Runner, RunnerConfig
 
@@ -136,6 +136,13 @@ class GiveBack:
         self.exit(EXIT_STALLED)
 
 
+def batch_size(info: ModelInfo, backend: Backend) -> int:
+    """Jobs per pipeline call: the artifact's static batch, when the backend can run batches."""
+    if info.static and info.batch_size > 1 and isinstance(backend, BatchBackend):
+        return info.batch_size
+    return 1
+
+
 def default_worker_name(model: str, cores: str) -> str:
     label = f"nc{cores}" if cores else f"cpu{os.getpid()}"
     return f"{label}@{socket.gethostname()}"
@@ -144,9 +151,10 @@ def default_worker_name(model: str, cores: str) -> str:
 def create_worker_app(settings: Settings, runner: Runner) -> Celery:
     app = make_celery(settings)
 
-    @app.task(name=GENERATE_TASK, ignore_result=True)
-    def generate(job_id: str, model: str) -> None:
-        runner.run(job_id, model)
+    @app.task(name=WORK_TASK, ignore_result=True)
+    def work(model: str) -> None:
+        """A token woke this worker: run the model's pending jobs until there are none."""
+        runner.drain(model)
 
     return app
 
@@ -166,6 +174,7 @@ class Worker:
     heartbeat: Heartbeat
     listener: CancelListener
     reconciler: ReconcilerThread
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         """Blocks until the worker is shut down (SIGTERM / SIGINT: warm shutdown)."""
@@ -185,11 +194,15 @@ class Worker:
                     stall_floor_s=self.settings.stall_floor_s,
                     warm_gap_s=warm.longest_gap_s if warm else 0.0,
                     warm_pixels=warm.pixels if warm else 1,
+                    batch_max=batch_size(self.model, backend),
+                    batch_wait_s=self.settings.batch_wait_ms / 1000,
+                    pick_timeout_s=self.settings.pick_timeout_s,
                 ),
                 self.info,
                 self.in_flight,
                 self.cancels,
                 on_state_change=self.heartbeat.poke,
+                stopping=self.stopping,
             )
             self.listener.start()
             self.reconciler.start()
@@ -244,6 +257,7 @@ class Worker:
         self.heartbeat.beat()
 
     def _stopping(self, **_: object) -> None:
+        self.stopping.set()  # the drain loop takes nothing new; the running call finishes
         self.info.state = "stopping"
         self.heartbeat.beat()
 
@@ -276,7 +290,11 @@ def create_worker(settings: Settings, model: str, cores: str = "") -> Worker:
     in_flight = InFlight()
     cancels = CancelRequests()
     reconciler = Reconciler(
-        store, owner=f"{name}:{os.getpid()}", interval_s=settings.reconcile_interval_s, lease_s=settings.lease_s
+        store,
+        owner=f"{name}:{os.getpid()}",
+        interval_s=settings.reconcile_interval_s,
+        lease_s=settings.lease_s,
+        aging_s=settings.priority_aging_s,
     )
     finisher = Finisher(store, S3Storage(settings), in_flight)
     give_back = GiveBack(store, registry, info, finisher, ttl_s=heartbeat_ttl_s(settings.heartbeat_s))

@@ -1,8 +1,17 @@
-"""Runs one job: claim → generate → (off the accelerator's path) encode, upload, commit.
+"""Runs jobs: pick → start → generate → (off the accelerator's path) encode, upload, commit.
 
-The pipeline runs on the calling thread (the Celery solo pool's main thread: one persistent
-thread for torch). Encoding, the S3 upload and the final state write happen on the
-Finisher thread, so the accelerator starts the next job while the last one is stored.
+A token from the model's Celery queue starts ``Runner.drain``: it asks the scheduler for the
+next job (``JobStore.pick`` — or several compatible ones for a static batch), starts it,
+generates, and asks again, until nothing is pending or the worker is shutting down; there is
+no broker round trip between two jobs. The pipeline runs on the calling thread (the Celery
+solo pool's main thread: one persistent thread for torch). Encoding, the S3 upload and the
+final state write happen on the Finisher thread, so the accelerator starts the next job
+while the last one is stored.
+
+A batch: each job keeps its own seed, outputs, progress, lease, webhooks and cancel. A
+member canceled (or timed out, or lost) during the call leaves the batch at once — it ends
+canceled (or failed) at that step — and its images are discarded; the call goes on for the
+others, and stops when none is left.
 """
 
 from __future__ import annotations
@@ -19,25 +28,19 @@ from PIL import Image
 
 from jobs.models import output_extension
 from jobs.storage import S3Storage, output_key
-from jobs.store import JobStore
+from jobs.store import JobStore, ProgressAnswer
+from jobs.submit import batch_class
 from jobs.workers import WorkerInfo
 from worker.encode import encode_image
 from worker.liveness import InFlight
-from worker.pipelines.base import Backend, GenerationRequest, image_seeds
+from worker.pipelines.base import Backend, BatchBackend, GenerationRequest, image_seeds
 
 log = logging.getLogger("dq.worker")
 
 
-class JobCanceled(Exception):
-    """Raised from the step callback when a cancel was requested: stops before the VAE decode."""
-
-
-class LeaseLost(Exception):
-    """Raised from the step callback when this attempt no longer owns the job."""
-
-
-class JobTimeout(Exception):
-    """Raised from the step callback when the job ran past its ``timeout_seconds``."""
+class NothingLeft(Exception):
+    """Raised from the step callback when every job of the call left it (canceled, timed out,
+    lost): stops before the VAE decode."""
 
 
 @dataclass
@@ -65,6 +68,9 @@ class RunnerConfig:
     stall_floor_s: float = 30.0  # the derived limit is never below this
     warm_gap_s: float = 0.0  # the longest gap between signs of life in the warm-up
     warm_pixels: int = 1  # width × height × images of the warm-up call
+    batch_max: int = 1  # jobs per pipeline call: the model's static batch (1: no batching)
+    batch_wait_s: float = 0.05  # how long a partial batch waits for compatible jobs
+    pick_timeout_s: float = 30.0
 
     def stall_after_s(self, job_input: dict[str, Any]) -> float:
         """How long this job's generation may go without a step before it counts as stalled:
@@ -178,6 +184,20 @@ class Finisher:
             log.warning("job %s attempt %d: outputs not committed (no longer owned)", item.job_id, item.attempt)
 
 
+@dataclass
+class Member:
+    """One started job in a pipeline call (a batch has several)."""
+
+    job_id: str
+    model: str
+    attempt: int
+    input: dict[str, Any]
+    request: GenerationRequest
+    deadline: float  # perf_counter time past which it fails as a timeout
+    last_report: float
+    left: str = ""  # why it left the call: "canceled", "timeout", "lost" ('' = still in)
+
+
 class Runner:
     def __init__(
         self,
@@ -189,6 +209,7 @@ class Runner:
         in_flight: InFlight,
         cancels: CancelRequests,
         on_state_change: Callable[[], None] = lambda: None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -198,80 +219,133 @@ class Runner:
         self.in_flight = in_flight
         self.cancels = cancels
         self.on_state_change = on_state_change  # publish the worker's state now (busy / ready)
+        self.stopping = stopping or threading.Event()  # set by a warm shutdown: take nothing new
 
-    def run(self, job_id: str, model: str) -> None:
-        # 1. Claim the job: queued → running (anything else: acknowledge and skip).
-        claim = self.store.start(
-            job_id, model, self.config.worker_name, lease_s=self.config.lease_s, max_attempts=self.config.max_attempts
-        )
-        if not claim.started or claim.input is None:
-            log.info("job %s: skipped (status %s)", job_id, claim.status)
-            return
-        attempt = claim.attempt
-        self.in_flight.add(job_id, model, attempt, self.config.stall_after_s(claim.input))
-        self.info.state, self.info.current_job = "busy", job_id
+    def drain(self, model: str) -> None:
+        """Run the model's jobs, as the scheduler hands them out, until none is pending."""
+        while not self.stopping.is_set():
+            picked = self.store.pick(model, batch_max=self.config.batch_max, pick_timeout_s=self.config.pick_timeout_s)
+            if not picked.ids:
+                return
+            members = self._start(model, picked.ids)
+            if members and len(members) < self.config.batch_max:
+                members += self._fill(model, members[0])
+            if members:
+                self.run(model, members, more_waiting=picked.pending > 0)
+
+    def _start(self, model: str, job_ids: list[str]) -> list[Member]:
+        """queued → running for each picked job (one canceled meanwhile is skipped)."""
+        members = []
+        for job_id in job_ids:
+            claim = self.store.start(
+                job_id,
+                model,
+                self.config.worker_name,
+                lease_s=self.config.lease_s,
+                max_attempts=self.config.max_attempts,
+            )
+            if not claim.started or claim.input is None:
+                log.info("job %s: skipped (status %s)", job_id, claim.status.value)
+                continue
+            self.in_flight.add(job_id, model, claim.attempt, self.config.stall_after_s(claim.input))
+            started = time.perf_counter()
+            deadline = started + float(claim.input.get("timeout_seconds") or float("inf"))
+            request = GenerationRequest.from_input(claim.input)
+            members.append(Member(job_id, model, claim.attempt, claim.input, request, deadline, started))
+        return members
+
+    def _fill(self, model: str, first: Member) -> list[Member]:
+        """A partial static batch waits up to ``batch_wait_s`` for compatible jobs."""
+        found: list[Member] = []
+        wanted = self.config.batch_max - 1
+        until = time.perf_counter() + self.config.batch_wait_s
+        while len(found) < wanted and time.perf_counter() < until and not self.stopping.is_set():
+            picked = self.store.pick(
+                model,
+                batch_max=wanted - len(found),
+                batch_class=batch_class(first.input),
+                pick_timeout_s=self.config.pick_timeout_s,
+            )
+            found += self._start(model, picked.ids)
+            if not picked.ids:
+                time.sleep(0.005)
+        return found
+
+    def run(self, model: str, members: list[Member], more_waiting: bool = False) -> None:
+        """Generate for ``members`` in one pipeline call, then hand each job's images over."""
+        self.info.state, self.info.current_job = "busy", ",".join(m.job_id for m in members)
         self.on_state_change()
-        # 2. Generate on this thread, reporting each step.
+        started = time.perf_counter()
         try:
-            images, seconds = self._generate(job_id, model, attempt, claim.input)
-        except LeaseLost:
-            log.warning("job %s attempt %d: lease lost, abandoning", job_id, attempt)
-            self.in_flight.remove(job_id)
-            return
-        except JobCanceled:
-            self.store.cancel_running(job_id, model, attempt)
-            self.in_flight.remove(job_id)
-            return
-        except JobTimeout:
-            limit = claim.input.get("timeout_seconds")
-            self.store.fail(job_id, model, attempt, "timeout", f"ran longer than timeout_seconds={limit}")
-            self.in_flight.remove(job_id)
-            return
+            images = self._generate(members)
+        except NothingLeft:
+            images = []
         except Exception as exc:
-            log.exception("job %s: generation failed", job_id)
-            self.store.fail(job_id, model, attempt, "generation_error", f"{type(exc).__name__}: {exc}")
-            self.in_flight.remove(job_id)
-            return
+            log.exception("jobs %s: generation failed", self.info.current_job)
+            for member in members:
+                if not member.left:
+                    self._leave(member, "failed", "generation_error", f"{type(exc).__name__}: {exc}")
+            images = []
         finally:
             self.info.state, self.info.current_job = "ready", ""
-            self.cancels.discard(job_id)
+            for member in members:
+                self.cancels.discard(member.job_id)
             self.on_state_change()
-        self.in_flight.finishing(job_id)
+        seconds = time.perf_counter() - started
         self.info.last_pipeline_seconds = round(seconds, 4)
-        self.info.jobs_done += 1
-        # 3. Hand over: encode, upload and commit happen off this thread.
-        waiting = self.store.queued_messages(model) > 0
-        self.finisher.submit(Generated(job_id, model, attempt, claim.input, images, seconds), more_waiting=waiting)
+        for member, member_images in zip(members, images, strict=False):
+            if member.left:
+                continue
+            self.in_flight.finishing(member.job_id)
+            self.info.jobs_done += 1
+            generated = Generated(member.job_id, model, member.attempt, member.input, member_images, seconds)
+            self.finisher.submit(generated, more_waiting=more_waiting)
 
-    def _generate(
-        self, job_id: str, model: str, attempt: int, job_input: dict[str, Any]
-    ) -> tuple[list[Image.Image], float]:
-        request = GenerationRequest.from_input(job_input)
-        lease_s = self.config.lease_s
-        started = time.perf_counter()
-        deadline = started + float(job_input.get("timeout_seconds") or float("inf"))
-        interval_s = self.config.progress_interval_s
-        last_report = [started]
+    def _generate(self, members: list[Member]) -> list[list[Image.Image]]:
+        steps = members[0].request.num_inference_steps
 
         def on_step(step: int) -> None:
-            self.in_flight.beat(job_id)
-            # A cancel announced on pub/sub stops the run at this step, before the VAE decode.
-            if job_id in self.cancels:
-                raise JobCanceled(job_id)
-            now = time.perf_counter()
-            if now > deadline:
-                raise JobTimeout(job_id)
-            # Progress (which renews the lease and reads the cancel flag, the fallback when a
-            # pub/sub message was missed) is written at most every `interval_s`, and never for the
-            # last step: the terminal write records it.
-            if now - last_report[0] < interval_s or step >= request.num_inference_steps:
-                return
-            last_report[0] = now
-            answer = self.store.progress(job_id, attempt, step, lease_s=lease_s)
-            if answer == "cancel":
-                raise JobCanceled(job_id)
-            if answer == "lost":
-                raise LeaseLost(job_id)
+            for member in members:
+                if not member.left:
+                    self._step(member, step, steps)
+            if all(member.left for member in members):
+                raise NothingLeft()
 
-        images = self.backend.generate(request, on_step)
-        return images, time.perf_counter() - started
+        if len(members) == 1:
+            return [self.backend.generate(members[0].request, on_step)]
+        if not isinstance(self.backend, BatchBackend):
+            raise TypeError(f"backend {self.backend.name!r} cannot run a batch")
+        return self.backend.generate_batch([m.request for m in members], on_step)
+
+    def _step(self, member: Member, step: int, steps: int) -> None:
+        """One denoising step of one job: liveness, cancel, timeout, progress (which renews the
+        lease and reads the cancel flag, the fallback when a pub/sub message was missed) at most
+        every ``progress_interval_s`` — and never for the last step: the terminal write records it."""
+        job_id = member.job_id
+        self.in_flight.beat(job_id)
+        if job_id in self.cancels:  # announced on pub/sub: stop at this step, before the VAE decode
+            self._leave(member, "canceled")
+            return
+        now = time.perf_counter()
+        if now > member.deadline:
+            limit = member.input.get("timeout_seconds")
+            self._leave(member, "failed", "timeout", f"ran longer than timeout_seconds={limit}")
+            return
+        if now - member.last_report < self.config.progress_interval_s or step >= steps:
+            return
+        member.last_report = now
+        answer = self.store.progress(job_id, member.attempt, step, lease_s=self.config.lease_s)
+        if answer is ProgressAnswer.CANCEL:
+            self._leave(member, "canceled")
+        elif answer is ProgressAnswer.LOST:
+            log.warning("job %s attempt %d: lease lost, abandoning", job_id, member.attempt)
+            self._leave(member, "lost")
+
+    def _leave(self, member: Member, outcome: str, error_type: str = "", message: str = "") -> None:
+        """The job leaves the call: record its end (unless another attempt holds it now)."""
+        member.left = outcome
+        if outcome == "canceled":
+            self.store.cancel_running(member.job_id, member.model, member.attempt)
+        elif outcome == "failed":
+            self.store.fail(member.job_id, member.model, member.attempt, error_type, message)
+        self.in_flight.remove(member.job_id)

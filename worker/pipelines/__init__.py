@@ -33,7 +33,7 @@ def load_backend(spec: str, info: ModelInfo, settings: Settings) -> Backend:
     if spec == "emulated":
         from worker.pipelines.emulated import EmulatedBackend
 
-        return EmulatedBackend(settings.emulated_seconds)
+        return EmulatedBackend(settings.emulated_seconds, settings.emulated_batch_cost, info.batch_size)
     if spec == "neuron":
         from worker.pipelines.neuron import NeuronBackend
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -62,6 +62,15 @@ def steps_done(callback_index: int, num_callbacks: int | None, num_steps: int) -
     return min(num_steps, index * num_steps // num_callbacks)
 
 
+def split_images(images: list[Image.Image], counts: list[int]) -> list[list[Image.Image]]:
+    """A batched call's images, back per job (``counts[j]`` images for job j, in order)."""
+    split, at = [], 0
+    for count in counts:
+        split.append(images[at : at + count])
+        at += count
+    return split
+
+
 class Backend(Protocol):
     name: str
 
@@ -70,3 +79,12 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchBackend(Backend, Protocol):
+    """A backend that runs several compatible jobs in one call (a static batch)."""
+
+    def generate_batch(self, requests: list[GenerationRequest], on_step: StepCallback) -> list[list[Image.Image]]:
+        """The images of each request, in order."""
+        ...

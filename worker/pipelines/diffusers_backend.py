@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from jobs.capabilities import SCHEDULERS
-from worker.pipelines.base import GenerationRequest, StepCallback, image_seeds, steps_done
+from worker.pipelines.base import GenerationRequest, StepCallback, image_seeds, split_images, steps_done
 
 log = logging.getLogger("dq.worker")
 
@@ -83,24 +83,37 @@ class DiffusersBackend:
         self.schedulers = SchedulerSwitch(self.pipe)
 
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
+        return self.generate_batch([request], on_step)[0]
+
+    def generate_batch(self, requests: list[GenerationRequest], on_step: StepCallback) -> list[list[Image.Image]]:
+        """One pipeline call for compatible jobs (same steps, guidance, shape, images, scheduler):
+        one prompt each, one generator per image (job j's image i from its own seed + i), the
+        images split back per job. No padding: a diffusers pipeline takes any batch."""
         torch = self._torch
-        generators = [torch.Generator("cpu").manual_seed(s) for s in image_seeds(request.seed, request.num_images)]
-        self.schedulers.use(request.scheduler)
+        first = requests[0]
+        generators = [
+            torch.Generator("cpu").manual_seed(s) for r in requests for s in image_seeds(r.seed, r.num_images)
+        ]
+        negatives = [r.negative_prompt for r in requests]
+        self.schedulers.use(first.scheduler)
         with torch.inference_mode():
             result = self.pipe(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                width=request.width,
-                height=request.height,
-                num_images_per_prompt=request.num_images,
+                prompt=[r.prompt for r in requests] if len(requests) > 1 else first.prompt,
+                negative_prompt=(
+                    None if all(n is None for n in negatives) else [n or "" for n in negatives]
+                )
+                if len(requests) > 1
+                else first.negative_prompt,
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                width=first.width,
+                height=first.height,
+                num_images_per_prompt=first.num_images,
                 generator=generators,
                 output_type="pil",
-                callback_on_step_end=step_callback(request, on_step),
+                callback_on_step_end=step_callback(first, on_step),
             )
-        images: list[Image.Image] = result.images
-        return images
+        return split_images(result.images, [r.num_images for r in requests])
 
     def close(self) -> None:
         self.pipe = None

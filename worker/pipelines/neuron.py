@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from jobs.capabilities import ModelInfo
-from worker.pipelines.base import GenerationRequest, StepCallback, image_seeds
+from worker.pipelines.base import GenerationRequest, StepCallback, image_seeds, split_images
 from worker.pipelines.diffusers_backend import SchedulerSwitch, step_callback
 
 log = logging.getLogger("dq.worker")
@@ -93,32 +93,39 @@ class NeuronBackend:
         self.schedulers = SchedulerSwitch(self.pipe)
 
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
-        """One job through the compiled pipeline.
+        return self.generate_batch([request], on_step)[0]
+
+    def generate_batch(self, requests: list[GenerationRequest], on_step: StepCallback) -> list[list[Image.Image]]:
+        """Compatible jobs through the compiled pipeline in one call.
 
         The artifact's shapes are static: the pipeline renders its compiled width × height
         whatever it is asked, so a request for another shape is refused here rather than
-        answered with an image of the wrong size. A compiled batch of B prompts is filled with
-        the job's prompt; the job keeps its own images (its first ``num_images``) and the rest
-        of the static batch is discarded.
+        answered with an image of the wrong size. A compiled batch of B prompts takes up to B
+        jobs, one prompt each with one generator per image (job j's image i from its own seed
+        + i); a partial batch is padded with the first job's prompt and seeds, and the padding's
+        images are discarded.
         """
-        self._check_shape(request)
-        batch = max(self.info.batch_size, 1)
-        count = batch * request.num_images
-        generators = [self._torch.Generator("cpu").manual_seed(s) for s in image_seeds(request.seed, count)]
-        if batch > 1:
-            log.debug("static batch %d: %d padding image(s) discarded", batch, count - request.num_images)
-        self.schedulers.use(request.scheduler)
+        for request in requests:
+            self._check_shape(request)
+        first = requests[0]
+        batch = max(self.info.batch_size, len(requests), 1)
+        padded = [*requests, *[first] * (batch - len(requests))]
+        seeds = [s for r in padded for s in image_seeds(r.seed, r.num_images)]
+        generators = [self._torch.Generator("cpu").manual_seed(s) for s in seeds]
+        if batch > len(requests):
+            log.debug("static batch %d: %d padding prompt(s) discarded", batch, batch - len(requests))
+        negatives = [r.negative_prompt for r in padded]
+        self.schedulers.use(first.scheduler)
         result = self.pipe(
-            prompt=[request.prompt] * batch,
-            negative_prompt=None if request.negative_prompt is None else [request.negative_prompt] * batch,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            num_images_per_prompt=request.num_images,
+            prompt=[r.prompt for r in padded],
+            negative_prompt=None if all(n is None for n in negatives) else [n or "" for n in negatives],
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale,
+            num_images_per_prompt=first.num_images,
             generator=generators,
-            callback_on_step_end=step_callback(request, on_step),
+            callback_on_step_end=step_callback(first, on_step),
         )
-        images: list[Image.Image] = result.images[: request.num_images]
-        return images
+        return split_images(result.images, [r.num_images for r in requests])
 
     def _check_shape(self, request: GenerationRequest) -> None:
         info = self.info
