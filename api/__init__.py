@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import auth, deliveries, errors, health, jobs, keys, models
+from api import auth, deliveries, docs, errors, health, jobs, keys, models
 from api.services import Services
 from jobs.settings import Settings
 
@@ -22,4 +22,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(models.bp)
     app.register_blueprint(keys.bp)
     deliveries.init_app(app)
+    app.register_blueprint(docs.bp)
     return app

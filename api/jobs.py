@@ -1,34 +1,73 @@
-"""``/v1/jobs``: submit, read, list."""
+"""``/v1/jobs``: submit, read, list, cancel."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel, Field
 
 from api.auth import caller, list_scope
+from api.contract import Answer, contract
+from api.inputs import json_body, parse_headers, parse_query
 from api.services import services
-from jobs.admission import admit, check_idempotency_key, prepare
-from jobs.errors import FieldError, InvalidTransition, JobNotFound, MalformedJSON, ValidationFailed
-from jobs.models import JobStatus
-from jobs.store import ANY_TENANT, CancelOutcome, JobRecord
+from jobs.admission import MAX_IDEMPOTENCY_KEY, admit, prepare
+from jobs.errors import (
+    IdempotencyConflict,
+    InvalidTransition,
+    JobNotFound,
+    NoWorker,
+    Overloaded,
+    TooManyRequests,
+    ValidationFailed,
+)
+from jobs.models import JobRequest, JobStatus
+from jobs.store import CancelOutcome, JobRecord
 from jobs.tenants import TENANT_PATTERN
-from jobs.view import render_job
+from jobs.view import JobPage, JobView, render_job
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_LIST_LIMIT = 100
+TENANT_REGEX = f"^{TENANT_PATTERN.pattern}$"
+RATE_LIMIT_HEADERS = ("RateLimit-Policy", "RateLimit")
+
+
+class SubmitHeaders(BaseModel):
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY,
+        description="the same key with the same body within 24 h answers the original job (200); "
+        "with another body, 422. Scoped per tenant",
+    )
+
+
+class JobListQuery(BaseModel):
+    status: JobStatus | None = Field(default=None, description="only jobs in this state")
+    limit: int = Field(default=20, ge=1, le=MAX_LIST_LIMIT, description="jobs per page")
+    cursor: int | None = Field(default=None, ge=0, description="`next_cursor` of the previous page")
+    tenant: str | None = Field(
+        default=None, pattern=TENANT_REGEX, description="admin keys: only this tenant's jobs (others: ignored)"
+    )
 
 
 @bp.post("")
+@contract(
+    "Submit a job",
+    body=JobRequest,
+    headers=SubmitHeaders,
+    responses={
+        202: Answer(JobView, "the job, queued", ("Location",), RATE_LIMIT_HEADERS),
+        200: Answer(JobView, "the job this Idempotency-Key created earlier", ("Location",), RATE_LIMIT_HEADERS),
+    },
+    errors=(ValidationFailed, IdempotencyConflict, TooManyRequests, Overloaded, NoWorker),
+)
 def create_job() -> Response:
     """Validate, then create the job in one atomic step with the caller's quota and rate and the
     model's backpressure: ``202`` (new), ``200`` (the same Idempotency-Key and body again),
     ``422``, ``429`` / ``503`` with ``Retry-After``."""
     svc = services()
     body = json_body()
-    idempotency_key = request.headers.get("Idempotency-Key")
-    check_idempotency_key(idempotency_key)
+    idempotency_key = parse_headers(SubmitHeaders).idempotency_key
     prepared = prepare(body, svc.catalog, svc.settings)
     who = caller()
     admitted = admit(svc.store, prepared, who.owner, who.limits, svc.settings, idempotency_key)
@@ -42,11 +81,21 @@ def create_job() -> Response:
 
 
 @bp.get("/<job_id>")
+@contract("Read a job", responses={200: JobView}, errors=(JobNotFound,))
 def get_job(job_id: str) -> Response:
+    """Another tenant's job answers 404, exactly like an unknown id."""
     return _job_response(job_id, 200)
 
 
 @bp.post("/<job_id>/cancel")
+@contract(
+    "Cancel a job",
+    responses={
+        200: Answer(JobView, "canceled (it was queued, or already canceled)", ("Location",)),
+        202: Answer(JobView, "running: cancel_requested, the worker stops at its next step", ("Location",)),
+    },
+    errors=(JobNotFound, InvalidTransition),
+)
 def cancel_job(job_id: str) -> Response:
     """Queued: canceled at once (200). Running: the worker stops at its next step (202).
     Already canceled: 200 (idempotent). Succeeded or failed: 409."""
@@ -60,13 +109,12 @@ def cancel_job(job_id: str) -> Response:
 
 
 @bp.get("")
+@contract("List jobs", query=JobListQuery, responses={200: JobPage})
 def list_jobs() -> Response:
     """The caller's jobs, newest first (an admin: everyone's, or ``?tenant=``'s)."""
     svc = services()
-    status = _status_arg(request.args.get("status"))
-    limit = _int_arg("limit", 20, 1, MAX_LIST_LIMIT)
-    cursor = _int_arg("cursor", None, 0, None)
-    page = svc.store.page(tenant=_scope_arg(), status=status, limit=limit or 20, cursor=cursor)
+    query = parse_query(JobListQuery)
+    page = svc.store.page(tenant=list_scope(query.tenant), status=query.status, limit=query.limit, cursor=query.cursor)
     data = [render_job(r, None, svc.storage.presign) for r in page.jobs]
     return jsonify({"data": data, "next_cursor": page.next_cursor})
 
@@ -91,47 +139,3 @@ def find_job(job_id: str) -> JobRecord:
     if record is None:
         raise JobNotFound(f"no job with id {job_id!r}")
     return record
-
-
-def _scope_arg() -> str:
-    scope = list_scope()
-    if scope != ANY_TENANT and not TENANT_PATTERN.fullmatch(scope):
-        raise ValidationFailed("invalid tenant", [FieldError("tenant", "1-64 of a-z, 0-9, '.', '_', '-'")])
-    return scope
-
-
-def json_body() -> Any:
-    content_type = request.mimetype
-    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
-        raise ValidationFailed(
-            f"unsupported content type {content_type!r}", [FieldError("Content-Type", "must be application/json")]
-        )
-    raw = request.get_data(cache=False)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedJSON(f"the body is not valid JSON: {exc}", [FieldError("body", "malformed JSON")]) from exc
-
-
-def _status_arg(raw: str | None) -> JobStatus | None:
-    if raw in (None, ""):
-        return None
-    try:
-        return JobStatus(raw)
-    except ValueError:
-        allowed = ", ".join(s.value for s in JobStatus)
-        raise ValidationFailed(f"unknown status {raw!r}", [FieldError("status", f"must be one of {allowed}")]) from None
-
-
-def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int | None:
-    raw = request.args.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(f"{name} must be an integer", [FieldError(name, "must be an integer")]) from None
-    if value < low or (high is not None and value > high):
-        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-        raise ValidationFailed(f"{name} out of range", [FieldError(name, f"must be {bound}")])
-    return value

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import redis
 
+from jobs import scripts
 from jobs.connections import as_text
 from jobs.keys import Keys
 from jobs.lua import BoundScript, Script
 from jobs.reconciler import LEAD, Reconciler
-from jobs import scripts
 from jobs.scripts import STORE_SCRIPTS
 from jobs.store import ANY_TENANT, ClaimOutcome, JobStore, Limits, Owner, ProgressAnswer, RequeueOutcome
 from webhooks.outbox import OUTBOX_SCRIPTS, Outbox, PendingMessage
