@@ -8,6 +8,7 @@ is a ``ValidationFailed`` naming the parameter; a body that is not JSON is ``415
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from jobs.errors import FieldError, MalformedJSON, UnsupportedMediaType
 from jobs.submit import parse_body
 
 Params = TypeVar("Params", bound=BaseModel)
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # \ud800-\udfff: paired, or a lone one
 
 
 def json_body() -> Any:
@@ -30,9 +32,19 @@ def json_body() -> Any:
         )
     raw = request.get_data(cache=False)
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_not_json)
+        if SURROGATE_ESCAPE.search(raw):  # rare: only then pay for a second pass
+            json.dumps(body, ensure_ascii=False).encode()
+        return body
+    except (ValueError, UnicodeError) as exc:
         raise MalformedJSON(f"the body is not valid JSON: {exc}", [FieldError("body", "malformed JSON")]) from exc
+    except RecursionError:
+        raise MalformedJSON("the body is nested too deeply", [FieldError("body", "nested too deeply")]) from None
+
+
+def _not_json(constant: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity``, which Python's parser accepts and JSON does not."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def parse_query(model: type[Params]) -> Params:

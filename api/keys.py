@@ -16,7 +16,7 @@ from api.inputs import json_body, parse_query
 from api.jobs import TENANT_REGEX
 from api.services import services
 from jobs.errors import KeyNotFound, ValidationFailed
-from jobs.models import rfc3339
+from jobs.models import Integer, rfc3339
 from jobs.submit import parse_body
 from jobs.tenants import WebhookSecret
 
@@ -27,14 +27,18 @@ Priority = Literal["low", "normal", "high"]  # jobs.tenants.PRIORITIES
 class KeyRequest(BaseModel):
     """Body of ``POST /v1/keys``; limits left out take the configured defaults."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"tenant": "acme", "label": "render farm", "max_active_jobs": 50}]},
+    )
 
     tenant: str = Field(pattern=TENANT_REGEX)
     label: str = Field(default="", max_length=200)
     admin: bool = False
     rate_limit_per_s: float | None = Field(default=None, ge=0, le=1_000_000)
-    rate_limit_burst: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_active_jobs: int | None = Field(default=None, ge=0, le=10_000_000)
+    rate_limit_burst: Integer | None = Field(default=None, ge=1, le=1_000_000)
+    max_active_jobs: Integer | None = Field(default=None, ge=0, le=10_000_000)
     max_priority: Priority = "normal"
 
 

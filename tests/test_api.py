@@ -116,6 +116,14 @@ def test_oversized_body_is_413(client: FlaskClient, redis_client: redis.Redis) -
     assert nothing_created(redis_client)
 
 
+@pytest.mark.parametrize(
+    "body", ['{"prompt": "x", "guidance_scale": NaN}', "[" * 30_000 + "]" * 30_000, '{"prompt": "\\ud800 lone"}']
+)
+def test_what_python_parses_but_json_forbids_is_400(client: FlaskClient, redis_client: redis.Redis, body: str) -> None:
+    assert_problem(post(client, body), 400, "body")
+    assert nothing_created(redis_client)
+
+
 def test_wrong_content_type_is_rejected(client: FlaskClient, redis_client: redis.Redis) -> None:
     response = client.post("/v1/jobs", data="prompt=x", content_type="application/x-www-form-urlencoded")
     assert_problem(response, 415, "Content-Type")
