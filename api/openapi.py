@@ -60,13 +60,21 @@ WEBHOOK_HEADERS = {
     "webhook-signature": '`v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">`, keyed with the '
     "tenant's secret (`GET /v1/webhook-secret`); two during a rotation, space-separated",
 }
-WEBHOOK_EVENTS = {
-    "job.started": "A worker started the job (`data.status`: `running`).",
-    "job.progress": "A denoising step (at most one event per 0.5 s); only when `webhook_events_filter` names it.",
-    "job.succeeded": "The images are stored; `data.outputs` has their presigned URLs.",
-    "job.failed": "`data.error` says why (`generation_error`, `timeout`, `expired`, …).",
-    "job.canceled": "Canceled while queued, or stopped at a step while running.",
+WEBHOOK_EVENTS = {  # event: (summary, description)
+    "job.started": ("A worker started the job", "`data.status` is `running`."),
+    "job.progress": ("A denoising step", "At most one per 0.5 s; only when `webhook_events_filter` names `progress`."),
+    "job.succeeded": ("The images are stored", "`data.outputs` has their presigned URLs."),
+    "job.failed": ("The job failed", "`data.error` says why (`generation_error`, `timeout`, `expired`, …)."),
+    "job.canceled": ("The job was canceled", "While queued, or stopped at a step while running."),
 }
+TAGS = [  # the order the docs page shows them in
+    {"name": "jobs", "description": "Submit, read, list and cancel jobs"},
+    {"name": "webhooks", "description": "Delivery attempts, redelivery, the signing secret"},
+    {"name": "models", "description": "What each model can run, and the workers serving it"},
+    {"name": "keys", "description": "API keys (admin keys only)"},
+    {"name": "health", "description": "Liveness and readiness (no key)"},
+    {"name": "meta", "description": "This document and its docs page (no key)"},
+]
 DESCRIPTION = """Asynchronous text-to-image jobs: submit (`202` + job id), poll or receive webhooks.
 
 Every `/v1` route needs `Authorization: Bearer <key>`. Every error is `application/problem+json`.
@@ -103,6 +111,7 @@ def build_document(app: Flask, settings: Settings) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "diffusion-queue", "version": _version(), "description": DESCRIPTION},
+        "tags": TAGS,
         "paths": {},
         "webhooks": {event: {"post": webhook_operation(event, schemas)} for event in EVENT_TYPES},
         "components": {"schemas": schemas.components},
@@ -177,8 +186,9 @@ class Schemas:
 def operation_object(op: Operation, schemas: Schemas, settings: Settings) -> dict[str, Any]:
     c = op.contract
     obj: dict[str, Any] = {"tags": [op.tag], "summary": c.summary, "operationId": op.operation_id}
-    if c.description:
-        obj["description"] = c.description
+    description = ("Admin keys only. " if op.admin and settings.auth else "") + c.description
+    if description:
+        obj["description"] = description
     params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in op.path_params]
     if c.query:
         params += schemas.parameters(c.query, "query")
@@ -246,9 +256,10 @@ def problem_response(status: int, titles: list[str], schemas: Schemas) -> dict[s
 
 def webhook_operation(event: str, schemas: Schemas) -> dict[str, Any]:
     """What ``dq webhooks`` POSTs to a job's ``webhook`` URL for ``event``."""
+    summary, description = WEBHOOK_EVENTS[event]
     return {
-        "summary": event,
-        "description": WEBHOOK_EVENTS[event] + " Signed per Standard Webhooks; see docs/webhooks.md.",
+        "summary": summary,
+        "description": f"`{event}`: {description} Signed per Standard Webhooks; see docs/webhooks.md.",
         "operationId": "webhook_" + event.replace(".", "_"),
         "parameters": [
             {"name": name, "in": "header", "required": True, "description": text, "schema": {"type": "string"}}

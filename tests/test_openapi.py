@@ -243,3 +243,9 @@ def test_with_auth_off_the_document_asks_no_key(s3_settings: Settings) -> None:
     doc = build_document(create_app(s3_settings.with_(auth=False)), s3_settings.with_(auth=False))
     assert "security" not in doc and "securitySchemes" not in doc["components"]
     assert "401" not in doc["paths"]["/v1/jobs"]["post"]["responses"]
+
+
+def test_every_tag_is_declared(doc: dict[str, Any]) -> None:
+    declared = [t["name"] for t in doc["tags"]]
+    used = {tag for operations in doc["paths"].values() for op in operations.values() for tag in op["tags"]}
+    assert used <= set(declared) and len(declared) == len(set(declared))
