@@ -30,6 +30,7 @@ Mode = Literal["validation", "serialization"]
 REF_TEMPLATE = "#/components/schemas/{model}"
 CACHE_KEY = "dq.openapi"
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
+CONVERTER_SCHEMAS = {"int": {"type": "integer", "minimum": 0}, "float": {"type": "number", "minimum": 0}}
 
 # Response headers a contract may name; a problem's status brings its own (PROBLEM_HEADERS).
 HEADERS: dict[str, dict[str, Any]] = {
@@ -89,7 +90,7 @@ class MissingContract(RuntimeError):
 class Operation:
     path: str  # in OpenAPI form: /v1/jobs/{job_id}
     method: str  # lower case
-    path_params: tuple[str, ...]
+    path_params: tuple[tuple[str, dict[str, Any]], ...]  # (name, schema)
     contract: Contract
     admin: bool
     tag: str
@@ -111,7 +112,7 @@ def build_document(app: Flask, settings: Settings) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "diffusion-queue", "version": _version(), "description": DESCRIPTION},
-        "tags": TAGS,
+        "tags": _tags(ops),
         "paths": {},
         "webhooks": {event: {"post": webhook_operation(event, schemas)} for event in EVENT_TYPES},
         "components": {"schemas": schemas.components},
@@ -138,8 +139,9 @@ def operations(app: Flask) -> list[Operation]:
         declared = contract_of(view)
         if declared is None:
             raise MissingContract(f"route {rule.rule} ({rule.endpoint}) has no @contract; see api/contract.py")
-        for method in sorted((rule.methods or set()) - IGNORED_METHODS):
-            op_id = declared.operation_id or view.__name__
+        methods = sorted((rule.methods or set()) - IGNORED_METHODS)
+        for method in methods:
+            op_id = (declared.operation_id or view.__name__) + (f"_{method.lower()}" if len(methods) > 1 else "")
             if op_id in ids:
                 raise MissingContract(f"operation id {op_id!r} is used twice; set operation_id= on one")
             ids.add(op_id)
@@ -189,7 +191,7 @@ def operation_object(op: Operation, schemas: Schemas, settings: Settings) -> dic
     description = ("Admin keys only. " if op.admin and settings.auth else "") + c.description
     if description:
         obj["description"] = description
-    params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in op.path_params]
+    params = [{"name": name, "in": "path", "required": True, "schema": schema} for name, schema in op.path_params]
     if c.query:
         params += schemas.parameters(c.query, "query")
     if c.headers:
@@ -277,6 +279,15 @@ def webhook_operation(event: str, schemas: Schemas) -> dict[str, Any]:
     }
 
 
+def _tags(ops: list[Operation]) -> list[dict[str, str]]:
+    """``TAGS`` in their order, then any other tag a route uses."""
+    tags = list(TAGS)
+    for op in ops:
+        if all(t["name"] != op.tag for t in tags):
+            tags.append({"name": op.tag})
+    return tags
+
+
 def _models(ops: list[Operation]) -> Iterator[tuple[type[BaseModel], Mode]]:
     yield Problem, "serialization"
     yield JobEvent, "serialization"
@@ -290,13 +301,13 @@ def _models(ops: list[Operation]) -> Iterator[tuple[type[BaseModel], Mode]]:
                 yield answer.body, "serialization"
 
 
-def _openapi_path(rule: str) -> tuple[str, tuple[str, ...]]:
-    """``/v1/jobs/<job_id>`` → ``/v1/jobs/{job_id}`` (converters dropped: ``<path:x>`` → ``{x}``)."""
+def _openapi_path(rule: str) -> tuple[str, tuple[tuple[str, dict[str, Any]], ...]]:
+    """``/v1/jobs/<job_id>`` → ``/v1/jobs/{job_id}``, and each parameter's schema from its converter."""
     path, params = rule, []
     while "<" in path:
         start, end = path.index("<"), path.index(">")
-        name = path[start + 1 : end].rpartition(":")[2]
-        params.append(name)
+        converter, _, name = path[start + 1 : end].rpartition(":")
+        params.append((name, dict(CONVERTER_SCHEMAS.get(converter.partition("(")[0], {"type": "string"}))))
         path = path[:start] + "{" + name + "}" + path[end + 1 :]
     return path, tuple(params)
 

@@ -66,16 +66,20 @@ def test_a_new_route_takes_a_few_lines(s3_settings: Settings) -> None:
     app = create_app(s3_settings)
     extra = Blueprint("extra", __name__, url_prefix="/v1/jobs")
 
-    @extra.post("/<job_id>/retry")
+    @extra.post("/<job_id>/retry/<int:attempt>")
     @contract("Retry a job", responses={202: Answer(JobView, "queued again", ("Location",))})
-    def retry_job(job_id: str) -> str:
+    def retry_job(job_id: str, attempt: int) -> str:
         return job_id
 
     app.register_blueprint(extra)
-    op = build_document(app, s3_settings)["paths"]["/v1/jobs/{job_id}/retry"]["post"]
-    assert op["parameters"] == [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    op = build_document(app, s3_settings)["paths"]["/v1/jobs/{job_id}/retry/{attempt}"]["post"]
+    assert op["parameters"] == [
+        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+        {"name": "attempt", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}},
+    ]
     assert op["responses"]["202"]["headers"]["Location"]["required"] is True
     assert {"401", "503"} <= op["responses"].keys()
+    assert op["tags"] == ["extra"]
 
 
 def test_the_document_is_valid_openapi_3_1(doc: dict[str, Any]) -> None:
