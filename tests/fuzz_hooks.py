@@ -1,9 +1,9 @@
 """schemathesis hooks for ``tests/test_fuzz_api.py``, loaded by the ``schemathesis run`` process
 (``SCHEMATHESIS_HOOKS=tests.fuzz_hooks``): keep the fuzzer's own key alive, record every call.
 
-``DQ_FUZZ_KEEP_PREFIX``: the prefix of the key the fuzzer sends; a generated request that would
+``DQ_TEST_FUZZ_KEEP_PREFIX``: the prefix of the key the fuzzer sends; a generated request that would
 revoke it (``DELETE /v1/keys/<that prefix>``) goes to another prefix instead.
-``DQ_FUZZ_CALLS``: a file that gets one JSON line per request: operation, phase, mode, status.
+``DQ_TEST_FUZZ_CALLS``: a file that gets one JSON line per request: operation, phase, mode, status.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import schemathesis
 
-KEEP_PREFIX = os.environ.get("DQ_FUZZ_KEEP_PREFIX", "")
-CALLS = os.environ.get("DQ_FUZZ_CALLS", "")
+KEEP_PREFIX = os.environ.get("DQ_TEST_FUZZ_KEEP_PREFIX", "")
+CALLS = os.environ.get("DQ_TEST_FUZZ_CALLS", "")
 STAND_IN_PREFIX = "00000000"
 _lock = threading.Lock()
 

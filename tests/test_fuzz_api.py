@@ -75,9 +75,10 @@ def test_fuzz_the_live_api_against_its_document(
     started = time.monotonic()
     result = _run_schemathesis(live_api, key, record.prefix, calls, tmp_path)
     elapsed = time.monotonic() - started
+    (tmp_path / "schemathesis.out").write_text(result.stdout + result.stderr)
+    assert (tmp_path / "report.json").exists() and calls.exists(), result.stdout[-20000:] + result.stderr[-5000:]
     report = json.loads((tmp_path / "report.json").read_text())
     lines = [json.loads(line) for line in calls.read_text().splitlines()]
-    (tmp_path / "schemathesis.out").write_text(result.stdout + result.stderr)
     print(_summary(lines, report, elapsed))
     assert result.returncode == 0, f"schemathesis found problems:\n{result.stdout[-20000:]}{result.stderr[-5000:]}"
     assert report["test_cases"]["generated"] >= MIN_REQUESTS and len(lines) >= MIN_REQUESTS, _summary(
@@ -86,12 +87,20 @@ def test_fuzz_the_live_api_against_its_document(
     server_errors = [line for line in lines if line["status"] >= 500]
     assert not server_errors, server_errors[:20]
     assert {line["mode"] for line in lines} >= {"positive", "negative"}
+    # every operation (schemathesis leaves out the one that serves the document it loaded)
+    assert {line["operation"] for line in lines} == _operations(live_api) - {"GET /openapi.json"}
     assert _get(f"{live_api}/v1/keys/{record.prefix}", key) == 200  # the fuzzer's own key survived
 
 
+def _operations(url: str) -> set[str]:
+    with urllib.request.urlopen(f"{url}/openapi.json", timeout=5) as response:
+        paths = json.load(response)["paths"]
+    return {f"{method.upper()} {path}" for path, operations in paths.items() for method in operations}
+
+
 def _run_schemathesis(url: str, key: str, prefix: str, calls: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks", "DQ_FUZZ_KEEP_PREFIX": prefix}
-    env["DQ_FUZZ_CALLS"] = str(calls)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks", "DQ_TEST_FUZZ_KEEP_PREFIX": prefix}
+    env["DQ_TEST_FUZZ_CALLS"] = str(calls)
     command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "--no-color", "run"]
     command += [f"{url}/openapi.json", "--url", url, "--header", f"Authorization: Bearer {key}"]
     command += ["--report", "json", "--report-json-path", str(out / "report.json")]
