@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.routing import BaseConverter
 
-from api import auth, deliveries, errors, health, jobs, keys, models
+from api import auth, deliveries, docs, errors, health, jobs, keys, models
 from api.services import Services
 from jobs.settings import Settings
+
+
+class JobIdConverter(BaseConverter):
+    """``<jobid:job_id>``: a job id (32 hex digits), so ``/v1/jobs/batch`` is never read as one."""
+
+    regex = "[0-9a-f]{32}"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    app.url_map.converters["jobid"] = JobIdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     Services.init_app(app, settings)
@@ -22,4 +30,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(models.bp)
     app.register_blueprint(keys.bp)
     deliveries.init_app(app)
+    app.register_blueprint(docs.bp)
     return app

@@ -27,7 +27,7 @@ from jobs.store import ANY_TENANT, Limits, Owner
 from jobs.tenants import DEFAULT_TENANT, ApiKey
 
 log = logging.getLogger("dq.api")
-OPEN_PATHS = ("/healthz", "/readyz")
+ADMIN_ATTR = "__dq_admin_only__"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -68,9 +68,14 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.before_request(authenticate)
 
 
+def needs_key(path: str) -> bool:
+    """Whether a request to ``path`` must carry a key (with ``DQ_AUTH`` on): everything under ``/v1``."""
+    return path.startswith("/v1/") or path == "/v1"
+
+
 def authenticate() -> None:
     """Resolve the caller of a ``/v1`` request (``401`` for a missing or bad key)."""
-    if not request.path.startswith("/v1/") and request.path != "/v1":
+    if not needs_key(request.path):
         return
     svc = services()
     if not svc.settings.auth:
@@ -100,7 +105,7 @@ def caller() -> Caller:
 
 
 def admin_only(view: F) -> F:
-    """A route for admin keys; another key gets ``403``."""
+    """A route for admin keys; another key gets ``403`` (and the OpenAPI document says so)."""
 
     @wraps(view)
     def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -108,12 +113,17 @@ def admin_only(view: F) -> F:
             raise Forbidden("this route needs an admin key")
         return view(*args, **kwargs)
 
+    setattr(guarded, ADMIN_ATTR, True)
     return guarded  # type: ignore[return-value]
 
 
-def list_scope() -> str:
-    """Whose jobs a list shows: the caller's tenant; an admin's ``?tenant=`` or everyone's."""
+def is_admin_only(view: Callable[..., Any]) -> bool:
+    return bool(getattr(view, ADMIN_ATTR, False))
+
+
+def list_scope(requested: str | None) -> str:
+    """Whose jobs a list shows: the caller's tenant; for an admin, ``requested`` (``?tenant=``) or everyone's."""
     who = caller()
     if not who.admin:
         return who.tenant
-    return request.args.get("tenant") or ANY_TENANT
+    return requested or ANY_TENANT

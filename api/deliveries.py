@@ -3,14 +3,49 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
+from typing import Literal
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
+from pydantic import BaseModel, ConfigDict, Field
 
+from api.contract import Answer, contract
 from api.jobs import find_job
-from jobs.errors import DeliveryNotFound
+from jobs.errors import DeliveryNotFound, JobNotFound
+from jobs.view import EventType
 from webhooks.outbox import Outbox
 
 bp = Blueprint("deliveries", __name__, url_prefix="/v1/jobs")
+
+
+class DeliveryView(BaseModel):
+    """One attempt to deliver one message (``webhooks/deliver.py`` writes it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delivery_id: str = Field(description="the message's `webhook-id`, the same on every attempt")
+    event: EventType
+    attempt: int = Field(ge=1, description="per message, from 1")
+    at: datetime
+    status_code: int | None = Field(description="null without a response")
+    latency_ms: float
+    outcome: Literal["delivered", "retrying", "failed", "gone", "given_up", "refused"]
+    error: str | None
+    next_attempt_at: datetime | None
+
+
+class DeliveryPage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[DeliveryView]
+
+
+class Redelivery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    delivery_id: str
+    job_id: str
+    status: Literal["queued"]
 
 
 def init_app(app: Flask) -> None:
@@ -24,15 +59,21 @@ def outbox() -> Outbox:
     return found
 
 
-@bp.get("/<job_id>/deliveries")
+@bp.get("/<jobid:job_id>/deliveries")
+@contract("List a job's webhook deliveries", responses={200: DeliveryPage}, errors=(JobNotFound,), tag="webhooks")
 def list_deliveries(job_id: str) -> Response:
-    """Every attempt, oldest first: delivery_id (= webhook-id), event, attempt, at, status_code,
-    latency_ms, outcome, error, next_attempt_at."""
+    """Every attempt, oldest first."""
     find_job(job_id)
     return jsonify({"data": outbox().deliveries(job_id)})
 
 
-@bp.post("/<job_id>/deliveries/<delivery_id>/redeliver")
+@bp.post("/<jobid:job_id>/deliveries/<delivery_id>/redeliver")
+@contract(
+    "Redeliver a webhook message",
+    responses={202: Answer(Redelivery, "queued again", ("Location",))},
+    errors=(JobNotFound, DeliveryNotFound),
+    tag="webhooks",
+)
 def redeliver(job_id: str, delivery_id: str) -> Response:
     """Queue the message again with the same webhook-id; its attempts count from 1 again."""
     find_job(job_id)

@@ -7,17 +7,39 @@ from typing import Any
 
 import redis
 from flask import Flask, Response, json
+from pydantic import BaseModel, ConfigDict, Field
 from werkzeug.exceptions import HTTPException
 
 from jobs.errors import DQError
 
 log = logging.getLogger("dq.api")
 PROBLEM_BASE = "https://diffusion-queue.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class ProblemField(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    field: str = Field(description="the field, query parameter or header at fault (`input.width`, `Idempotency-Key`)")
+    message: str
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457); ``errors`` names each bad field of a validation error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description=f"{PROBLEM_BASE}<slug>: what kind of error, e.g. `validation`, `rate-limited`")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    errors: list[ProblemField] = Field(default_factory=list)
+    retry_after: int | None = Field(default=None, description="in a batch answer's item: seconds, as Retry-After")
 
 
 def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> Response:
     body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail, **extra}
-    return Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    return Response(json.dumps(body), status=status, mimetype=PROBLEM_MEDIA_TYPE)
 
 
 def problem_body(exc: DQError) -> dict[str, Any]:

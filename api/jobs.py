@@ -7,40 +7,127 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, stream_with_context
+from pydantic import BaseModel, Field
 
 from api.auth import caller, list_scope
-from api.errors import problem_body
+from api.contract import Answer, contract
+from api.errors import Problem, problem_body
+from api.inputs import json_body, parse_headers, parse_query
 from api.services import services
-from jobs.admission import admit, admit_batch, check_idempotency_key, prepare
-from jobs.errors import FieldError, InvalidTransition, JobNotFound, MalformedJSON, ValidationFailed
+from jobs.admission import MAX_BATCH, MAX_IDEMPOTENCY_KEY, admit, admit_batch, prepare
+from jobs.errors import (
+    FieldError,
+    IdempotencyConflict,
+    InvalidTransition,
+    JobNotFound,
+    NoWorker,
+    Overloaded,
+    TooManyItems,
+    TooManyRequests,
+    ValidationFailed,
+)
 from jobs.events import event_seq, follow
-from jobs.models import JobStatus
-from jobs.store import ANY_TENANT, CancelOutcome, JobRecord, Owner
+from jobs.models import JobRequest, JobStatus
+from jobs.store import CancelOutcome, JobRecord, Owner
 from jobs.submit import PreparedJob, batch_class
 from jobs.tenants import TENANT_PATTERN
-from jobs.view import render_event, render_job
+from jobs.view import JobPage, JobView, render_event, render_job
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_LIST_LIMIT = 100
 MAX_WAIT_S = 60.0
 TERMINAL = ("succeeded", "failed", "canceled")
+TENANT_REGEX = f"^{TENANT_PATTERN.pattern}$"
+RATE_LIMIT_HEADERS = ("RateLimit-Policy", "RateLimit")
+
+
+class SubmitHeaders(BaseModel):
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY,
+        description="the same key with the same body within 24 h answers the original job (200); "
+        "with another body, 422. Scoped per tenant",
+    )
+    prefer: str | None = Field(
+        default=None,
+        alias="Prefer",
+        max_length=200,
+        description="`wait=N` (RFC 7240; N ≤ 60, a bare `wait` is 60): answer 200 with the finished job if it "
+        "ends within N seconds, else the usual 202 — Replicate's sync mode",
+    )
+
+
+class JobListQuery(BaseModel):
+    status: JobStatus | None = Field(default=None, description="only jobs in this state")
+    error_type: str | None = Field(
+        default=None, min_length=1, max_length=64, description="only failed jobs with this `error.type` (dead letters)"
+    )
+    limit: int = Field(default=20, ge=1, le=MAX_LIST_LIMIT, description="jobs per page")
+    cursor: int | None = Field(default=None, ge=0, description="`next_cursor` of the previous page")
+    tenant: str | None = Field(
+        default=None, pattern=TENANT_REGEX, description="admin keys: only this tenant's jobs (others: ignored)"
+    )
+
+
+class WaitQuery(BaseModel):
+    wait: float = Field(default=0, ge=0, le=MAX_WAIT_S, description="answer once the job is terminal, or after N s")
+
+
+class EventsHeaders(BaseModel):
+    last_event_id: str | None = Field(
+        default=None, alias="Last-Event-ID", max_length=200, description="resume after this event (an `id:` seen)"
+    )
+
+
+class BatchRequest(BaseModel):
+    """Body of ``POST /v1/jobs/batch``: each item is a ``POST /v1/jobs`` body, validated alone (a bad
+    one is a 422 *item* of the answer, not a refusal of the batch)."""
+
+    jobs: list[Any] = Field(description=f"1 to {MAX_BATCH} job bodies (more: 413)")
+
+
+class BatchItem(BaseModel):
+    index: int = Field(ge=0, description="the item's place in the request")
+    status: int = Field(description="what this job alone would have got: 202, 422, 429, 503")
+    job: JobView | None = None
+    error: Problem | None = None
+
+
+class BatchAnswer(BaseModel):
+    data: list[BatchItem]
 
 
 @bp.post("")
+@contract(
+    "Submit a job",
+    body=JobRequest,
+    headers=SubmitHeaders,
+    responses={
+        202: Answer(JobView, "the job, queued", ("Location",), RATE_LIMIT_HEADERS + ("Preference-Applied",)),
+        200: Answer(
+            JobView,
+            "finished within `Prefer: wait`, or the job this Idempotency-Key created earlier",
+            ("Location",),
+            RATE_LIMIT_HEADERS + ("Preference-Applied",),
+        ),
+    },
+    errors=(ValidationFailed, IdempotencyConflict, TooManyRequests, Overloaded, NoWorker),
+)
 def create_job() -> Response:
     """Validate, then create the job in one atomic step with the caller's quota and rate and the
-    model's backpressure: ``202`` (new), ``200`` (the same Idempotency-Key and body again),
-    ``422``, ``429`` / ``503`` with ``Retry-After``."""
+    model's backpressure: ``202`` (new), ``200`` (the same Idempotency-Key and body again, or
+    finished within ``Prefer: wait``), ``422``, ``429`` / ``503`` with ``Retry-After``."""
     svc = services()
     body = json_body()
-    idempotency_key = request.headers.get("Idempotency-Key")
-    check_idempotency_key(idempotency_key)
+    headers = parse_headers(SubmitHeaders)
     prepared = prepare(body, svc.catalog, svc.settings)
     who = caller()
-    admitted = admit(svc.store, prepared, who.owner, who.limits, svc.settings, idempotency_key)
+    admitted = admit(svc.store, prepared, who.owner, who.limits, svc.settings, headers.idempotency_key)
     result = admitted.result
-    wait_s = prefer_wait(request.headers.get("Prefer"))
+    wait_s = prefer_wait(headers.prefer)
     if result.record is None:  # the Idempotency-Key named an earlier job with this same body
         response = _job_response(result.job_id, 200, wait_s)
     elif wait_s:
@@ -56,15 +143,19 @@ def create_job() -> Response:
 
 
 @bp.post("/batch")
+@contract(
+    "Submit up to 100 jobs",
+    body=BatchRequest,
+    responses={200: BatchAnswer},
+    errors=(ValidationFailed, TooManyItems),
+)
 def create_batch() -> Response:
-    """Up to 100 jobs: ``{"jobs": [...]}`` → ``{"data": [{"index", "status", "job" | "error"}]}``
-    in request order, ``status`` being what that job alone would have got (202, 422, 429, …)."""
+    """``{"jobs": [...]}`` → ``{"data": [{"index", "status", "job" | "error"}]}`` in request order,
+    ``status`` being what that job alone would have got (202, 422, 429, 503); the valid ones are
+    created in one atomic step per model."""
     svc = services()
-    body = json_body()
-    if not isinstance(body, dict) or set(body) != {"jobs"}:
-        raise ValidationFailed('the body is {"jobs": [...]}', [FieldError("jobs", "required, and the only field")])
     who = caller()
-    items = admit_batch(svc.store, svc.catalog, svc.settings, body["jobs"], who.owner, who.limits)
+    items = admit_batch(svc.store, svc.catalog, svc.settings, _batch_body()["jobs"], who.owner, who.limits)
     data = []
     for item in items:
         entry: dict[str, Any] = {"index": item.index, "status": item.status}
@@ -76,20 +167,36 @@ def create_batch() -> Response:
     return jsonify({"data": data})
 
 
-@bp.get("/<job_id>")
+def _batch_body() -> dict[str, Any]:
+    """``{"jobs": [...]}``; the items themselves are checked one by one (``admit_batch``)."""
+    body = json_body()
+    if not isinstance(body, dict) or set(body) != {"jobs"}:
+        raise ValidationFailed('the body is {"jobs": [...]}', [FieldError("jobs", "required, and the only field")])
+    return body
+
+
+@bp.get("/<jobid:job_id>")
+@contract("Read a job", query=WaitQuery, responses={200: JobView}, errors=(JobNotFound,))
 def get_job(job_id: str) -> Response:
-    """The job; with ``?wait=N`` (N ≤ 60 s) answered as soon as it is terminal, or after N."""
-    return _job_response(job_id, 200, _float_arg("wait", 0.0, 0.0, MAX_WAIT_S))
+    """Another tenant's job answers 404, exactly like an unknown id. With ``?wait=N`` (N ≤ 60 s):
+    answered as soon as the job is terminal, or after N."""
+    return _job_response(job_id, 200, parse_query(WaitQuery).wait)
 
 
-@bp.get("/<job_id>/events")
+@bp.get("/<jobid:job_id>/events")
+@contract(
+    "Stream a job's events",
+    headers=EventsHeaders,
+    responses={200: Answer(None, "Server-Sent Events until the terminal one", media_type="text/event-stream")},
+    errors=(JobNotFound,),
+)
 def job_events(job_id: str) -> Response:
-    """Server-Sent Events: the job's events — the same types and bodies as its webhooks, ``id:``
-    = the webhook-id — from the start (or after ``Last-Event-ID``), then live, until the
-    terminal one; a finished job replays its history and the stream ends."""
+    """Server-Sent Events: the job's events — the same types and bodies as its webhooks (`data:`
+    is a `JobEvent`), ``id:`` = the webhook-id — from the start (or after ``Last-Event-ID``),
+    then live, until the terminal one; a finished job replays its history and the stream ends."""
     svc = services()
     find_job(job_id)
-    last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or ""
+    last = parse_headers(EventsHeaders).last_event_id or ""
     stream = follow(svc.events, svc.hub, job_id, after=event_seq(last))
     presign = svc.storage.presign
 
@@ -108,7 +215,33 @@ def job_events(job_id: str) -> Response:
     return response
 
 
-@bp.post("/<job_id>/retry")
+@bp.post("/<jobid:job_id>/cancel")
+@contract(
+    "Cancel a job",
+    responses={
+        200: Answer(JobView, "canceled (it was queued, or already canceled)", ("Location",)),
+        202: Answer(JobView, "running: cancel_requested, the worker stops at its next step", ("Location",)),
+    },
+    errors=(JobNotFound, InvalidTransition),
+)
+def cancel_job(job_id: str) -> Response:
+    """Queued: canceled at once (200). Running: the worker stops at its next step (202).
+    Already canceled: 200 (idempotent). Succeeded or failed: 409."""
+    record = find_job(job_id)
+    outcome = services().store.cancel(job_id, record.model, tenant=caller().scope)
+    if outcome is CancelOutcome.MISSING:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    if outcome in (CancelOutcome.SUCCEEDED, CancelOutcome.FAILED):
+        raise InvalidTransition(f"job {job_id} already {outcome.value}; only queued or running jobs can be canceled")
+    return _job_response(job_id, 202 if outcome is CancelOutcome.CANCEL_REQUESTED else 200)
+
+
+@bp.post("/<jobid:job_id>/retry")
+@contract(
+    "Retry a failed or canceled job",
+    responses={202: Answer(JobView, "the new job, queued (`retry_of`)", ("Location",), RATE_LIMIT_HEADERS)},
+    errors=(JobNotFound, InvalidTransition, ValidationFailed, TooManyRequests, Overloaded, NoWorker),
+)
 def retry_job(job_id: str) -> Response:
     """A failed, canceled or expired job again: a new job with the same input, linked both ways
     (``retry_of`` / ``retried_by``): ``202``. Queued, running or succeeded: ``409``."""
@@ -139,30 +272,18 @@ def retry_job(job_id: str) -> Response:
     return response
 
 
-@bp.post("/<job_id>/cancel")
-def cancel_job(job_id: str) -> Response:
-    """Queued: canceled at once (200). Running: the worker stops at its next step (202).
-    Already canceled: 200 (idempotent). Succeeded or failed: 409."""
-    record = find_job(job_id)
-    outcome = services().store.cancel(job_id, record.model, tenant=caller().scope)
-    if outcome is CancelOutcome.MISSING:
-        raise JobNotFound(f"no job with id {job_id!r}")
-    if outcome in (CancelOutcome.SUCCEEDED, CancelOutcome.FAILED):
-        raise InvalidTransition(f"job {job_id} already {outcome.value}; only queued or running jobs can be canceled")
-    return _job_response(job_id, 202 if outcome is CancelOutcome.CANCEL_REQUESTED else 200)
-
-
 @bp.get("")
+@contract("List jobs", query=JobListQuery, responses={200: JobPage})
 def list_jobs() -> Response:
     """The caller's jobs, newest first (an admin: everyone's, or ``?tenant=``'s); ``?status=``
     and ``?error_type=`` filter (``status=failed&error_type=max_attempts``: the dead letters)."""
     svc = services()
-    status = _status_arg(request.args.get("status"))
-    limit = _int_arg("limit", 20, 1, MAX_LIST_LIMIT)
-    cursor = _int_arg("cursor", None, 0, None)
-    error_type = request.args.get("error_type") or None
+    query = parse_query(JobListQuery)
+    error_type = query.error_type
     where = (lambda r: r.error is not None and r.error.get("type") == error_type) if error_type else None
-    page = svc.store.page(tenant=_scope_arg(), status=status, limit=limit or 20, cursor=cursor, where=where)
+    page = svc.store.page(
+        tenant=list_scope(query.tenant), status=query.status, limit=query.limit, cursor=query.cursor, where=where
+    )
     data = [render_job(r, None, svc.storage.presign) for r in page.jobs]
     return jsonify({"data": data, "next_cursor": page.next_cursor})
 
@@ -196,11 +317,14 @@ def prefer_wait(header: str | None) -> float:
     Replicate's clients send it, means the most: 60); 0 without it. A hint: never an error."""
     for preference in (header or "").split(","):
         name, _, value = preference.strip().partition("=")
-        if name.strip().lower() == "wait":
-            try:
-                return min(max(float(value.strip().strip('"')), 0.0), MAX_WAIT_S) if value.strip() else MAX_WAIT_S
-            except ValueError:
-                return 0.0
+        if name.strip().lower() != "wait":
+            continue
+        if not value.strip():
+            return MAX_WAIT_S
+        try:
+            return min(max(float(value.strip().strip('"')), 0.0), MAX_WAIT_S)
+        except ValueError:
+            return 0.0
     return 0.0
 
 
@@ -217,60 +341,3 @@ def find_job(job_id: str) -> JobRecord:
     if record is None:
         raise JobNotFound(f"no job with id {job_id!r}")
     return record
-
-
-def _scope_arg() -> str:
-    scope = list_scope()
-    if scope != ANY_TENANT and not TENANT_PATTERN.fullmatch(scope):
-        raise ValidationFailed("invalid tenant", [FieldError("tenant", "1-64 of a-z, 0-9, '.', '_', '-'")])
-    return scope
-
-
-def json_body() -> Any:
-    content_type = request.mimetype
-    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
-        raise ValidationFailed(
-            f"unsupported content type {content_type!r}", [FieldError("Content-Type", "must be application/json")]
-        )
-    raw = request.get_data(cache=False)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedJSON(f"the body is not valid JSON: {exc}", [FieldError("body", "malformed JSON")]) from exc
-
-
-def _status_arg(raw: str | None) -> JobStatus | None:
-    if raw in (None, ""):
-        return None
-    try:
-        return JobStatus(raw)
-    except ValueError:
-        allowed = ", ".join(s.value for s in JobStatus)
-        raise ValidationFailed(f"unknown status {raw!r}", [FieldError("status", f"must be one of {allowed}")]) from None
-
-
-def _float_arg(name: str, default: float, low: float, high: float) -> float:
-    raw = request.args.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValidationFailed(f"{name} must be a number", [FieldError(name, "must be a number")]) from None
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} out of range", [FieldError(name, f"must be from {low:g} to {high:g}")])
-    return value
-
-
-def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int | None:
-    raw = request.args.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(f"{name} must be an integer", [FieldError(name, "must be an integer")]) from None
-    if value < low or (high is not None and value > high):
-        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-        raise ValidationFailed(f"{name} out of range", [FieldError(name, f"must be {bound}")])
-    return value

@@ -1,41 +1,95 @@
-"""``/v1/keys`` (admin): create, list and revoke API keys; ``/v1/tenants/<name>`` (admin): a
-tenant's fair-share weight; ``/v1/webhook-secret``: the caller's tenant's webhook signing
+"""``/v1/keys`` (admin): create, list, read and revoke API keys; ``/v1/tenants/<name>`` (admin):
+a tenant's fair-share weight; ``/v1/webhook-secret``: the caller's tenant's webhook signing
 secret, and its rotation."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import admin_only, caller
-from api.jobs import json_body
+from api.contract import Answer, contract
+from api.inputs import json_body, parse_query
+from api.jobs import TENANT_REGEX
 from api.services import services
 from jobs.errors import FieldError, KeyNotFound, ValidationFailed
-from jobs.models import rfc3339
+from jobs.models import Integer, rfc3339
 from jobs.submit import parse_body
-from jobs.tenants import PRIORITIES, TENANT_PATTERN, WebhookSecret
+from jobs.tenants import TENANT_PATTERN, WebhookSecret
 
 bp = Blueprint("keys", __name__, url_prefix="/v1")
+Priority = Literal["low", "normal", "high"]  # jobs.tenants.PRIORITIES
 
 
 class KeyRequest(BaseModel):
     """Body of ``POST /v1/keys``; limits left out take the configured defaults."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"tenant": "acme", "label": "render farm", "max_active_jobs": 50}]},
+    )
 
-    tenant: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    tenant: str = Field(pattern=TENANT_REGEX)
     label: str = Field(default="", max_length=200)
     admin: bool = False
     rate_limit_per_s: float | None = Field(default=None, ge=0, le=1_000_000)
-    rate_limit_burst: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_active_jobs: int | None = Field(default=None, ge=0, le=10_000_000)
-    max_priority: str = Field(default="normal", pattern="^(" + "|".join(PRIORITIES) + ")$")
+    rate_limit_burst: Integer | None = Field(default=None, ge=1, le=1_000_000)
+    max_active_jobs: Integer | None = Field(default=None, ge=0, le=10_000_000)
+    max_priority: Priority = "normal"
+
+
+class KeyView(BaseModel):
+    """A key's record (``jobs.tenants.ApiKey``), never its secret; unset limits are null."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = Field(description="the key's public 8 hex digits (`dq_<prefix>_…`)")
+    tenant: str
+    label: str
+    admin: bool
+    created_at: float = Field(description="Unix seconds")
+    last_used_at: float | None = Field(description="Unix seconds, written at most once a minute")
+    rate_limit_per_s: float | None
+    rate_limit_burst: int | None
+    max_active_jobs: int | None
+    max_priority: Priority
+
+
+class NewKeyView(KeyView):
+    key: str = Field(description="the key itself: shown this once, never stored")
+
+
+class KeyPage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[KeyView]
+
+
+class KeyListQuery(BaseModel):
+    tenant: str | None = Field(default=None, pattern=TENANT_REGEX, description="only this tenant's keys")
+
+
+class WebhookSecretView(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str
+    secret: str = Field(description="`whsec_` + base64: deliveries are signed with it")
+    previous_secret: str | None = Field(description="during a rotation window: deliveries carry both signatures")
+    previous_valid_until: datetime | None
 
 
 @bp.post("/keys")
+@contract(
+    "Create an API key",
+    body=KeyRequest,
+    responses={201: Answer(NewKeyView, "the key's record and, this once, the key", ("Location",))},
+    errors=(ValidationFailed,),
+)
 @admin_only
 def create_key() -> Response:
     """A new key: ``201`` with its record and, this once, the key itself (``"key"``)."""
@@ -48,14 +102,27 @@ def create_key() -> Response:
 
 
 @bp.get("/keys")
+@contract("List API keys", query=KeyListQuery, responses={200: KeyPage})
 @admin_only
 def list_keys() -> Response:
     """Every key's record (never a secret); ``?tenant=`` filters."""
-    tenant = request.args.get("tenant") or None
+    tenant = parse_query(KeyListQuery).tenant
     return jsonify({"data": [k.public() for k in services().api_keys.list(tenant)]})
 
 
+@bp.get("/keys/<prefix>")
+@contract("Read an API key", responses={200: KeyView}, errors=(KeyNotFound,))
+@admin_only
+def get_key(prefix: str) -> Response:
+    """One key's record (never its secret)."""
+    record = services().api_keys.get(prefix)
+    if record is None:
+        raise KeyNotFound(f"no API key with prefix {prefix!r}")
+    return jsonify(record.public())
+
+
 @bp.delete("/keys/<prefix>")
+@contract("Revoke an API key", responses={204: None}, errors=(KeyNotFound,))
 @admin_only
 def revoke_key(prefix: str) -> Response:
     """``204``; every API process refuses the key within a second."""
@@ -69,10 +136,18 @@ class TenantSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    weight: float = Field(ge=0.01, le=100)  # its share of the workers against others in the same band
+    weight: float = Field(ge=0.01, le=100, description="its share of the workers against others in a band")
+
+
+class TenantView(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str
+    weight: float
 
 
 @bp.put("/tenants/<tenant>")
+@contract("Set a tenant's fair-share weight", body=TenantSettings, responses={200: TenantView})
 @admin_only
 def set_tenant(tenant: str) -> Response:
     """A tenant's fair-share weight (default 1): with weight 2 it gets twice the job slots of a
@@ -85,6 +160,7 @@ def set_tenant(tenant: str) -> Response:
 
 
 @bp.get("/webhook-secret")
+@contract("Read the webhook signing secret", responses={200: WebhookSecretView}, tag="webhooks")
 def get_webhook_secret() -> Response:
     """The secret deliveries of the caller's tenant are signed with (and the previous one
     while a rotation window is open)."""
@@ -92,6 +168,7 @@ def get_webhook_secret() -> Response:
 
 
 @bp.post("/webhook-secret/rotate")
+@contract("Rotate the webhook signing secret", responses={200: WebhookSecretView}, tag="webhooks")
 def rotate_webhook_secret() -> Response:
     """A new secret; for ``DQ_WEBHOOK_ROTATION_S`` (24 h) every delivery carries both signatures."""
     svc = services()

@@ -42,6 +42,14 @@ class MalformedJSON(ValidationFailed):
     slug = "malformed-json"
 
 
+class UnsupportedMediaType(DQError):
+    """A body sent as something other than JSON."""
+
+    status = 415
+    title = "Unsupported media type"
+    slug = "unsupported-media-type"
+
+
 class JobNotFound(DQError):
     status = 404
     title = "Job not found"

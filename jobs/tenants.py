@@ -176,6 +176,14 @@ class KeyStore:
             return None
         return ApiKey.from_hash(fields)
 
+    def get(self, prefix: str) -> ApiKey | None:
+        """The record of the key with this prefix; None when there is none (or it was revoked)."""
+        raw: Any = self.redis.hgetall(self.keys.api_key(prefix))
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
+        if not fields.get("digest"):  # none, or only a `touch` that raced a revocation
+            return None
+        return ApiKey.from_hash(fields)
+
     def touch(self, prefix: str, now: float) -> None:
         """Record a use (callers do it at most every few seconds per key)."""
         self.redis.hset(self.keys.api_key(prefix), "last_used_at", repr(now))

@@ -1,15 +1,126 @@
 """The public shape of a job and of its events: what ``GET /v1/jobs/<id>`` returns, and what
-webhooks and the ``/events`` stream carry (the same body for both)."""
+webhooks and the ``/events`` stream carry (the same body for both).
+
+``render_job`` builds it (plain dicts, on the hot path); ``JobView`` and its parts describe it
+as pydantic models for the OpenAPI document, and the tests check one against the other.
+``JobEvent`` is an event's body (a webhook's, and an SSE message's data).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
-from jobs.models import JobStatus, rfc3339
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.models import WEBHOOK_EVENTS, JobStatus, rfc3339
 from jobs.store import JobRecord
 
 Presigner = Callable[[str, str], "str | None"]  # (bucket, key) -> URL
+WebhookEvent = Literal["started", "progress", "succeeded", "failed", "canceled"]  # jobs.models.WEBHOOK_EVENTS
+EventType = Literal["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]
+EVENT_TYPES = tuple(f"job.{name}" for name in WEBHOOK_EVENTS)
+
+
+class View(BaseModel):
+    """A response body: exactly these fields (``additionalProperties: false``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobInput(View):
+    """The request as it will run: defaults filled, the seed drawn, the shape resolved."""
+
+    prompt: str
+    negative_prompt: str | None
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    width: int
+    height: int
+    num_images: int
+    output_format: Literal["png", "jpeg", "webp"]
+    ttl_seconds: int
+    timeout_seconds: int
+    scheduler: str | None = Field(default=None, description="present only when the request chose one")
+
+
+class JobOutput(View):
+    """One stored image."""
+
+    url: str | None = Field(description="a presigned GET URL, valid for DQ_S3_PRESIGN_TTL_S")
+    bucket: str
+    key: str
+    content_type: Literal["image/png", "image/jpeg", "image/webp"]
+    width: int
+    height: int
+    seed: int
+    bytes: int
+    sha256: str
+    format: Literal["png", "jpg", "webp"]
+
+
+class JobProgress(View):
+    step: int = Field(ge=0)
+    total: int = Field(ge=0)
+
+
+class JobError(View):
+    type: str = Field(
+        description="generation_error, storage_error, timeout (ran too long), expired (queued too long), max_attempts"
+    )
+    message: str
+
+
+class JobMetrics(View):
+    queue_seconds: float | None
+    generation_seconds: float | None
+    total_seconds: float | None
+
+
+class JobView(View):
+    """A job as ``GET /v1/jobs/<id>`` shows it."""
+
+    id: str
+    status: JobStatus
+    model: str
+    tenant: str
+    priority: Literal["low", "normal", "high"]
+    input: JobInput
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    progress: JobProgress
+    cancel_requested: bool
+    queue_position: int | None = Field(
+        ge=0, description="jobs the scheduler starts before this one (0: next); null unless queued"
+    )
+    outputs: list[JobOutput]
+    error: JobError | None
+    metrics: JobMetrics
+    attempts: int = Field(ge=0)
+    worker: str | None
+    metadata: dict[str, Any] | None
+    webhook: str | None
+    webhook_events_filter: list[WebhookEvent] | None
+    retry_of: str | None = Field(description="the job this one retries")
+    retried_by: str | None = Field(description="the job that retried this one")
+
+
+class JobPage(View):
+    """A page of jobs, newest first; ``next_cursor`` is null on the last page."""
+
+    data: list[JobView]
+    next_cursor: str | None
+
+
+class JobEvent(View):
+    """An event's body (a webhook's, an SSE message's data): the job as it was at the transition."""
+
+    type: EventType
+    timestamp: datetime = Field(description="when the state changed")
+    data: JobView
 
 
 def render_job(record: JobRecord, queue_position: int | None, presign: Presigner | None) -> dict[str, Any]:

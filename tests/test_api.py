@@ -116,9 +116,17 @@ def test_oversized_body_is_413(client: FlaskClient, redis_client: redis.Redis) -
     assert nothing_created(redis_client)
 
 
+@pytest.mark.parametrize(
+    "body", ['{"prompt": "x", "guidance_scale": NaN}', "[" * 30_000 + "]" * 30_000, '{"prompt": "\\ud800 lone"}']
+)
+def test_what_python_parses_but_json_forbids_is_400(client: FlaskClient, redis_client: redis.Redis, body: str) -> None:
+    assert_problem(post(client, body), 400, "body")
+    assert nothing_created(redis_client)
+
+
 def test_wrong_content_type_is_rejected(client: FlaskClient, redis_client: redis.Redis) -> None:
     response = client.post("/v1/jobs", data="prompt=x", content_type="application/x-www-form-urlencoded")
-    assert_problem(response, 422, "Content-Type")
+    assert_problem(response, 415, "Content-Type")
     assert nothing_created(redis_client)
 
 
@@ -176,7 +184,9 @@ def test_list_jobs_newest_first_with_cursor(client: FlaskClient) -> None:
     assert client.get("/v1/jobs?status=succeeded").get_json()["data"] == []
 
 
-@pytest.mark.parametrize("query", ["status=done", "limit=0", "limit=1000", "limit=x", "cursor=-1"])
+@pytest.mark.parametrize(
+    "query", ["status=done", "status=", "limit=0", "limit=1000", "limit=x", "limit=", "cursor=-1", "tenant=Bad"]
+)
 def test_list_rejects_bad_query(client: FlaskClient, query: str) -> None:
     assert_problem(client.get(f"/v1/jobs?{query}"), 422, query.split("=")[0])
 

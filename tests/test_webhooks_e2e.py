@@ -20,8 +20,10 @@ from typing import IO, Any
 import pytest
 from flask.testing import FlaskClient
 
+from api.deliveries import DeliveryPage, Redelivery
 from dq.procs import Service, stop_process, wait_until
 from jobs.settings import Settings
+from jobs.view import JobEvent
 from tests.conftest import REPO_ROOT, WorkerFactory, keyed_client, worker_env
 from tests.helpers import wait_for
 from tests.webhook_receiver import SECRET, Receiver, Reply
@@ -128,6 +130,8 @@ def test_events_arrive_in_order_signed_and_equal_to_the_job(
     for job_id in [*ok_ids, bad_id]:
         final = finals[job_id]
         bodies = receiver.delivered_for(job_id)
+        for body in bodies:  # as the OpenAPI document's webhooks: section says
+            JobEvent.model_validate(body)
         types = [b["type"] for b in bodies]
         ending = "job.succeeded" if job_id in ok_ids else "job.failed"
         assert final["status"] == ending[4:]
@@ -146,7 +150,8 @@ def test_events_arrive_in_order_signed_and_equal_to_the_job(
     assert succeeded["outputs"][0]["url"].startswith("http") and "X-Amz-Signature" in succeeded["outputs"][0]["url"]
 
     # every attempt recorded: one each, delivered
-    records = wh_client.get(f"/v1/jobs/{ok_ids[0]}/deliveries").get_json()["data"]
+    records = DeliveryPage.model_validate(wh_client.get(f"/v1/jobs/{ok_ids[0]}/deliveries").get_json()).data
+    records = [r.model_dump(mode="json") for r in records]
     assert [r["delivery_id"] for r in records] == [f"msg_{ok_ids[0]}_{n}" for n in range(1, len(records) + 1)]
     assert {(r["attempt"], r["status_code"], r["outcome"], r["error"]) for r in records} == {
         (1, 204, "delivered", None)
@@ -155,7 +160,7 @@ def test_events_arrive_in_order_signed_and_equal_to_the_job(
     # redelivery sends the succeeded message again, under the same webhook-id
     last_id = records[-1]["delivery_id"]
     response = wh_client.post(f"/v1/jobs/{ok_ids[0]}/deliveries/{last_id}/redeliver")
-    assert response.status_code == 202 and response.get_json()["delivery_id"] == last_id
+    assert response.status_code == 202 and Redelivery.model_validate(response.get_json()).delivery_id == last_id
     receiver.wait_until(lambda: [r.webhook_id for r in receiver.delivered()].count(last_id) == 2, 15, "redelivery")
     again = [r for r in receiver.delivered() if r.webhook_id == last_id]
     assert again[0].json()["type"] == again[1].json()["type"] == "job.succeeded"
@@ -196,9 +201,9 @@ def test_a_receiver_outage_is_retried_until_every_event_arrives(
     first = f"msg_{ids[0]}_1"
     seen = [r for r in receiver.snapshot() if r.webhook_id == first]
     assert len(seen) >= 3 and {r.answered for r in seen} >= {500, 204}  # retried under one webhook-id
-    records = [
-        r for r in wh_client.get(f"/v1/jobs/{ids[0]}/deliveries").get_json()["data"] if r["delivery_id"] == first
-    ]
+    everything = wh_client.get(f"/v1/jobs/{ids[0]}/deliveries").get_json()
+    DeliveryPage.model_validate(everything)  # retrying, timed out, refused connections: as documented
+    records = [r for r in everything["data"] if r["delivery_id"] == first]
     assert [r["attempt"] for r in records] == list(range(1, len(records) + 1))
     assert [r["outcome"] for r in records] == ["retrying"] * (len(records) - 1) + ["delivered"]
     codes = [r["status_code"] for r in records]
