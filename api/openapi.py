@@ -30,7 +30,7 @@ Mode = Literal["validation", "serialization"]
 REF_TEMPLATE = "#/components/schemas/{model}"
 CACHE_KEY = "dq.openapi"
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
-CONVERTER_SCHEMAS = {
+CONVERTER_SCHEMAS: dict[str, dict[str, Any]] = {
     "int": {"type": "integer", "minimum": 0},
     "float": {"type": "number", "minimum": 0},
     "jobid": {"type": "string", "pattern": "^[0-9a-f]{32}$"},

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.harness import ROOT, machine
 
-SCENARIOS = ["overhead", "duty_cycle", "api_capacity", "auth_cost", "scheduling", "fleet", "throughput", "cold_start"]
+SCENARIOS = ["overhead", "duty_cycle", "api_capacity", "auth_cost", "scheduling", "fleet", "throughput", "cold_start"]  # and peers, waiters (run by name)
 
 
 def main(argv: list[str]) -> int:

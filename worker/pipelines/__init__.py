@@ -37,7 +37,7 @@ def load_backend(spec: str, info: ModelInfo, settings: Settings) -> Backend:
     if spec == "neuron":
         from worker.pipelines.neuron import NeuronBackend
 
-        return NeuronBackend(path, info)
+        return NeuronBackend(path, info, torch_threads=settings.torch_threads)
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
         factory = getattr(importlib.import_module(module_name), attr)

@@ -82,9 +82,11 @@ def pipeline_class(pipeline_class_name: str) -> Any:
 class NeuronBackend:
     name = "neuron"
 
-    def __init__(self, model_path: str | Path, info: ModelInfo) -> None:
+    def __init__(self, model_path: str | Path, info: ModelInfo, torch_threads: int = 0) -> None:
         import torch
 
+        if torch_threads > 0:  # the CPU side of a Neuron pipeline (scheduler, latents, decode glue)
+            torch.set_num_threads(torch_threads)
         cls = pipeline_class(info.pipeline_class)
         self._torch = torch
         self.info = info
