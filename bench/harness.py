@@ -85,12 +85,16 @@ class Receiver:
         self.thread.start()
 
     def wait_terminal(self, job_id: str, timeout_s: float = 60) -> float:
+        return self.wait_end(job_id, timeout_s)[0]
+
+    def wait_end(self, job_id: str, timeout_s: float = 60) -> tuple[float, str]:
+        """(arrival time, event type) of the job's terminal webhook."""
         deadline = time.monotonic() + timeout_s
         with self.cond:
             while True:
                 for at, kind in self.arrivals.get(job_id, []):
                     if kind in ("job.succeeded", "job.failed", "job.canceled"):
-                        return at
+                        return at, kind
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"no terminal webhook for {job_id}")
