@@ -21,7 +21,17 @@ from typing import Any
 from bench.harness import ROOT, machine
 
 # `make bench` runs these; peers, waiters (and others) run by name
-SCENARIOS = ["overhead", "duty_cycle", "api_capacity", "auth_cost", "scheduling", "fleet", "throughput", "cold_start"]
+SCENARIOS = [
+    "overhead",
+    "phases",
+    "duty_cycle",
+    "api_capacity",
+    "auth_cost",
+    "scheduling",
+    "fleet",
+    "throughput",
+    "cold_start",
+]
 
 
 def commit() -> str:
