@@ -141,9 +141,9 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def start_api(self, workers: int = 2, app: str = "api:create_app()") -> str:
+    def start_api(self, workers: int = 2, app: str = "api:create_app()", **env: str) -> str:
         port = free_port()
-        self.spawn("api", api_command(f"127.0.0.1:{port}", workers, app))
+        self.spawn("api", api_command(f"127.0.0.1:{port}", workers, app), **env)
         url = f"http://127.0.0.1:{port}"
         http = urllib3.PoolManager(retries=False)
         wait_until(lambda: http.request("GET", url + "/healthz", timeout=1).status == 200, 30, "api")
