@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 from flask import Flask
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
 from api.console import ASSET_DIR, ASSETS
 from jobs.tenants import DEFAULT_TENANT, KeyStore
@@ -27,9 +27,10 @@ from tests.webhook_receiver import SECRET, Receiver
 
 CHROMIUM = Path(os.environ.get("DQ_TEST_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = os.environ.get("DQ_TEST_SCREENSHOTS", "")
-HOSTILE_PROMPT = 'a pig <img src=x onerror="window.__owned = 1"> with wings & "quotes"'
+PROMPT = 'a pig with wings & "golden" feathers over <city> skyscrapers'  # parsed as HTML, <city> would vanish
+HOSTILE = '<img src=x onerror="window.__owned = 1">'  # parsed as HTML, it would run
 EVERY_STEP = {"DQ_PROGRESS_INTERVAL_S": "0", "DQ_PROGRESS_EVENT_INTERVAL_S": "0"}  # an event per step
-EMULATED = {"DQ_BACKEND": "emulated", "DQ_EMULATED_SECONDS": "0.5"}
+EMULATED = {"DQ_BACKEND": "emulated", "DQ_EMULATED_SECONDS": "2"}  # a job outlasts a poll interval
 TIMEOUT_MS = 60_000
 PART_WAY = """() => {
   const p = document.getElementById("job-progress");
@@ -165,11 +166,12 @@ def test_submit_follow_and_see_the_image_then_its_deliveries(
     expect(page.locator("#model")).to_have_value("tiny-sd")
     expect(page.locator("#width")).to_have_attribute("step", "8")  # dynamic shapes: a number input
 
-    page.fill("#prompt", HOSTILE_PROMPT)
+    page.fill("#prompt", PROMPT)
     page.fill("#steps", str(STEPS))
     page.fill("#seed", "7")
     page.select_option("#format", "webp")
     page.click("#submit-form summary")
+    page.fill("#negative-prompt", HOSTILE)
     page.fill("#webhook", receiver.url)
     page.click("#submit-button")
 
@@ -180,7 +182,9 @@ def test_submit_follow_and_see_the_image_then_its_deliveries(
     expect(page.locator("#job-status")).to_have_text("succeeded")
     image_loaded(page, "img.output-image")
     expect(page.locator(".output figcaption")).to_contain_text("webp · seed 7")
-    expect(page.locator("table.kv").first).to_contain_text(HOSTILE_PROMPT)  # shown as text, never run
+    inputs = page.locator("table.kv").first
+    expect(inputs).to_contain_text(PROMPT)  # shown as text
+    expect(inputs).to_contain_text(HOSTILE)  # shown as text, never run
     expect(page.locator("#view-job")).not_to_contain_text("null")
     assert page.evaluate("() => window.__owned") is None
 
@@ -202,8 +206,33 @@ def test_submit_follow_and_see_the_image_then_its_deliveries(
 
     page.click("a.brand")
     image_loaded(page, ".gallery .tile img")
-    expect(page.locator(".gallery figcaption").first).to_have_text(HOSTILE_PROMPT)
+    expect(page.locator(".gallery figcaption").first).to_have_text(PROMPT)
+    assert page.evaluate("() => window.__owned") is None
     screenshot(page, "home")
+
+
+def test_without_the_event_stream_the_job_page_polls(
+    page: Page, console: Console, start_api: ApiFactory, start_worker: WorkerFactory, admin_key: str
+) -> None:
+    url = start_api(gevent=True)
+    start_worker("tiny-sd", **EMULATED)
+    console.allow(503, "/events")  # a proxy that does not pass the stream through, say
+    streams: list[str] = []
+    polls: list[str] = []
+
+    def refuse(route: Route) -> None:
+        streams.append(route.request.url)
+        route.fulfill(status=503, content_type="application/problem+json", body='{"title": "no streams here"}')
+
+    page.route(re.compile(r".*/v1/jobs/[0-9a-f]{32}/events$"), refuse)
+    page.on("request", lambda r: polls.append(r.url) if re.search(r"/v1/jobs/[0-9a-f]{32}$", r.url) else None)
+    sign_in(page, url, admin_key)
+    page.fill("#prompt", "a pig with wings")
+    page.fill("#steps", "10")
+    page.click("#submit-button")
+    expect(page.locator("#job-status")).to_have_text("succeeded")
+    image_loaded(page, "img.output-image")
+    assert len(streams) == 1 and len(polls) >= 2  # tried the stream once, then polled until the end
 
 
 def test_an_admin_sees_the_workers_and_queues(
