@@ -5,7 +5,7 @@ The page and its files are open; everything the console shows it fetches from ``
 API key the person signs in with (kept in the tab's ``sessionStorage``, sent as
 ``Authorization: Bearer``). URLs are relative, so the console works behind a proxy that mounts
 the API under a prefix. A Content-Security-Policy allows scripts, styles and fetches from this
-server only; images also from the S3 endpoint the presigned output URLs point at.
+server only; images from any http(s) origin (outputs are presigned S3 URLs).
 """
 
 from __future__ import annotations

@@ -200,6 +200,7 @@ async function loadGallery() {
         h("a", { href: `#/jobs/${job.id}` },
           h("img", { src: job.outputs[0].url, alt: job.input.prompt, loading: "lazy" })),
         h("figcaption", {}, job.input.prompt)));
+  $("gallery-title").textContent = state.admin ? "Recent images (every tenant's)" : "Recent images";
   $("gallery").replaceChildren(...(tiles.length ? tiles : [h("p", { class: "hint" }, "No images yet.")]));
 }
 
@@ -393,7 +394,10 @@ function showJob(id) {
     const ended = last && !TERMINAL.has(last.status) && TERMINAL.has(job.status);
     last = job;
     body.replaceChildren(...renderJob(job, refresh).filter(Boolean));
-    if (ended) setTimeout(loadDeliveries, 500); // the terminal webhook goes out after the state is saved
+    if (!ended) return;
+    for (const ms of [500, 3000]) { // the terminal webhook goes out after the state is saved
+      setTimeout(() => controller.signal.aborted || loadDeliveries(), ms);
+    }
   };
   followJob(id, show, controller.signal).catch((err) => {
     if (!controller.signal.aborted) body.replaceChildren(h("p", { class: "flash error" }, problemText(err)));
