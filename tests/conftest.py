@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,12 +22,10 @@ import redis
 from dq.procs import Service, free_port, stop_process, wait_until
 from dq.redis_server import start_redis
 from dq.seaweedfs import create_bucket, s3_env, start_seaweedfs
-from dq.stack import api_command
 from jobs.keys import Keys
 from jobs.settings import Settings
 from jobs.tenants import DEFAULT_TENANT, KeyStore
 from jobs.workers import WorkerRegistry
-from tests.helpers import http_status
 from tests.webhook_receiver import SECRET, Receiver
 
 BUCKET = "dq-test"
@@ -210,41 +212,6 @@ def start_worker(s3_settings: Settings, s3_service: Service, session_dir: Path) 
     children.stop_all()
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A real webhook receiver on 127.0.0.1 that verifies every signature."""
-    r = Receiver(SECRET).start()
-    yield r
-    r.close()
-
-
-ApiFactory = Callable[..., str]
-
-
-@pytest.fixture
-def start_api(s3_settings: Settings, s3_service: Service, session_dir: Path) -> Iterator[ApiFactory]:
-    """``start_api(gevent=False, **settings)``: the API under gunicorn on a free port, with the
-    test settings (``settings`` override them); returns its base URL once ``/readyz`` answers.
-    One gthread worker by default; ``gevent=True`` serves it as ``dq up`` does."""
-    children = Children(session_dir, grace_s=10)
-
-    def start(gevent: bool = False, **overrides: Any) -> str:
-        port = free_port()
-        env = {**os.environ, **s3_settings.with_(**overrides).to_env(), **s3_env(s3_service, BUCKET)}
-        if gevent:
-            command = api_command(f"127.0.0.1:{port}", workers=1)
-        else:
-            command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
-            command += ["--worker-class", "gthread", "--threads", "4", "--graceful-timeout", "5", "api:create_app()"]
-        proc = children.start("api", command, env)
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_status(f"{url}/readyz") == 200, 60, "API", proc)
-        return url
-
-    yield start
-    children.stop_all()
-
-
 DelivererFactory = Callable[..., subprocess.Popen[bytes]]
 
 
@@ -266,3 +233,51 @@ def start_deliverer(s3_settings: Settings, s3_service: Service, session_dir: Pat
 
     yield start
     children.stop_all()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real webhook receiver on 127.0.0.1 that verifies every signature."""
+    r = Receiver(SECRET).start()
+    yield r
+    r.close()
+
+
+@contextmanager
+def serve_api(settings: Settings, s3: Service, log_path: Path, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """The API under gunicorn (as `dq up` runs it) on a free port, over TLS with ``tls`` = (certificate,
+    key); yields its base URL."""
+    port = free_port()
+    log = log_path.open("wb")
+    env = {**os.environ, **settings.to_env(), **s3_env(s3, BUCKET)}
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    command += ["--worker-class", "gthread", "--threads", "4", "--graceful-timeout", "5"]
+    command += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])] if tls else []
+    proc = subprocess.Popen(
+        [*command, "api:create_app()"], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_status(f"{url}/readyz", cafile=tls[0] if tls else None) == 200, 60, "API", proc)
+        yield url
+    finally:
+        stop_process(proc, grace_s=10)
+        log.close()
+
+
+@pytest.fixture
+def live_api(s3_settings: Settings, s3_service: Service, session_dir: Path) -> Iterator[str]:
+    """The API under gunicorn on a free port, with the test settings; yields its base URL."""
+    with serve_api(s3_settings, s3_service, session_dir / f"api-{time.monotonic_ns()}.log") as url:
+        yield url
+
+
+def http_status(url: str, key: str | None = None, cafile: Path | None = None) -> int:
+    """The status of a GET (with the key as Bearer, if given; trusting ``cafile`` for https)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)

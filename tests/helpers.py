@@ -4,8 +4,6 @@ job, list what S3 holds for it."""
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -40,16 +38,6 @@ def wait_until_job(
 def wait_for(client: FlaskClient, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
     """The job once it is terminal."""
     return wait_until_job(client, job_id, lambda job: job["status"] in TERMINAL, timeout_s)
-
-
-def http_status(url: str, key: str | None = None) -> int:
-    """The status of ``GET url`` (with ``key`` as the bearer token)."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def s3_keys(s3: Service, bucket: str, prefix: str) -> list[str]:

@@ -19,7 +19,7 @@ from dq.client import Client
 from dq.tables import age, job_details, jobs_table, models_table, render_table, shorten, workers_table
 from jobs.tenants import KeyStore
 from jobs.view import JobPage
-from tests.conftest import REPO_ROOT, ApiFactory, WorkerFactory
+from tests.conftest import REPO_ROOT, WorkerFactory
 
 NOW = 1_800_000_090.0  # 90 s after the sample jobs were created
 JOB_ID = "0123456789abcdef0123456789abcdef"
@@ -197,9 +197,9 @@ def unsigned(page: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_commands_against_a_live_api(
-    start_api: ApiFactory, start_worker: WorkerFactory, redis_client: redis.Redis, tmp_path: Path
+    live_api: str, start_worker: WorkerFactory, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    url = start_api()
+    url = live_api
     start_worker("tiny-sd", name="tables-worker", DQ_BACKEND="emulated", DQ_EMULATED_SECONDS="0.05")
     _, key = KeyStore(redis_client).create("default", label="cli", admin=True)
     client = Client(url, key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,10 @@ from flask import Flask
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
 from api.console import ASSET_DIR, ASSETS
-from dq.procs import wait_until
+from dq.procs import Service, wait_until
+from jobs.settings import Settings
 from jobs.tenants import DEFAULT_TENANT, KeyStore
-from tests.conftest import ApiFactory, DelivererFactory, WorkerFactory
+from tests.conftest import DelivererFactory, WorkerFactory, serve_api
 from tests.webhook_receiver import SECRET, Receiver
 
 CHROMIUM = Path(os.environ.get("DQ_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -69,6 +71,14 @@ def test_the_script_never_writes_html() -> None:
 
 
 # -- in the browser ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hooks_api(s3_settings: Settings, s3_service: Service, session_dir: Path) -> Iterator[str]:
+    """The API under gunicorn, webhooks to 127.0.0.1 allowed and signed with the receiver's SECRET."""
+    settings = s3_settings.with_(webhook_allowlist="127.0.0.1", webhook_secret=SECRET)
+    with serve_api(settings, s3_service, session_dir / f"console-api-{time.monotonic_ns()}.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -156,13 +166,13 @@ def refresh_deliveries_until(page: Page, shown: Callable[[], bool]) -> None:
 def test_submit_follow_and_see_the_image_then_its_deliveries(
     page: Page,
     console: Console,
-    start_api: ApiFactory,
+    hooks_api: str,
     start_worker: WorkerFactory,
     start_deliverer: DelivererFactory,
     receiver: Receiver,
     redis_client: redis.Redis,
 ) -> None:
-    url = start_api(gevent=True, webhook_allowlist="127.0.0.1", webhook_secret=SECRET)
+    url = hooks_api
     start_worker("tiny-sd", **EVERY_STEP)  # the real tiny diffusers pipeline
     start_deliverer()
     _, key = KeyStore(redis_client).create(DEFAULT_TENANT, label="console", admin=False)
@@ -225,9 +235,9 @@ def test_submit_follow_and_see_the_image_then_its_deliveries(
 
 
 def test_without_the_event_stream_the_job_page_polls(
-    page: Page, console: Console, start_api: ApiFactory, start_worker: WorkerFactory, admin_key: str
+    page: Page, console: Console, live_api: str, start_worker: WorkerFactory, admin_key: str
 ) -> None:
-    url = start_api(gevent=True)
+    url = live_api
     start_worker("tiny-sd", **EMULATED)
     console.allow(503, "/events")  # a proxy that does not pass the stream through, say
     streams: list[str] = []
@@ -249,9 +259,9 @@ def test_without_the_event_stream_the_job_page_polls(
 
 
 def test_an_admin_sees_the_workers_and_queues(
-    page: Page, start_api: ApiFactory, start_worker: WorkerFactory, admin_key: str
+    page: Page, live_api: str, start_worker: WorkerFactory, admin_key: str
 ) -> None:
-    url = start_api(gevent=True)
+    url = live_api
     start_worker("tiny-sd", name="console-worker", **EMULATED)
     sign_in(page, url, admin_key)
     page.click("#nav-admin")

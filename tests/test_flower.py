@@ -18,8 +18,8 @@ from flask.testing import FlaskClient
 
 from dq.procs import free_port, wait_until
 from jobs.settings import Settings
-from tests.conftest import Children, WorkerFactory
-from tests.helpers import http_status, submit, wait_for
+from tests.conftest import Children, WorkerFactory, http_status
+from tests.helpers import submit, wait_for
 
 EMULATED = {"DQ_BACKEND": "emulated", "DQ_EMULATED_SECONDS": "0.05"}
 

@@ -22,22 +22,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from jobs.tenants import KeyStore
-from tests.conftest import REPO_ROOT, ApiFactory, WorkerFactory
-from tests.helpers import http_status
+from tests.conftest import REPO_ROOT, WorkerFactory, http_status
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")  # seed, budget, checks
 MIN_REQUESTS = 1000
 TIME_LIMIT_S = 240  # the run takes ~60 s on 2 cores; this only bounds a hang
-
-
-@pytest.fixture
-def live_api(start_api: ApiFactory) -> str:
-    """The API under gunicorn on a free port; its base URL."""
-    return start_api()
 
 
 def test_fuzz_the_live_api_against_its_document(
