@@ -391,7 +391,8 @@ function showJob(id) {
     }
   };
   const show = (job) => {
-    const ended = last && !TERMINAL.has(last.status) && TERMINAL.has(job.status);
+    const justNow = job.completed_at && Date.now() - Date.parse(job.completed_at) < 10000; // not a replay
+    const ended = last && !TERMINAL.has(last.status) && TERMINAL.has(job.status) && justNow;
     last = job;
     body.replaceChildren(...renderJob(job, refresh).filter(Boolean));
     if (!ended) return;
