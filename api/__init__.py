@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
-from api import auth, deliveries, docs, errors, health, jobs, keys, models
+from api import auth, console, deliveries, docs, errors, health, jobs, keys, models
 from api.services import Services
 from jobs.settings import Settings
 
@@ -18,7 +18,7 @@ class JobIdConverter(BaseConverter):
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the console serves its own files (api/console.py)
     app.url_map.converters["jobid"] = JobIdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -31,4 +31,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(keys.bp)
     deliveries.init_app(app)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(console.bp)
     return app

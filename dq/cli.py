@@ -6,10 +6,14 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from dq import tables
 from dq.client import ApiError, Client, print_json
+from jobs.models import JobStatus
 from jobs.settings import Settings
 
 SEED_PROMPT = (
@@ -37,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dq", description="diffusion-queue: async text-to-image jobs")
+    parser.add_argument("--version", action="version", version=f"dq {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run Redis, S3, the API and a worker on 127.0.0.1 until Ctrl-C")
@@ -113,12 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show a job")
     status.add_argument("job_id")
-    _api_arg(status)
+    _api_arg(status, json_flag=True)
     status.set_defaults(func=cmd_status)
 
-    models = sub.add_parser("models", help="list models, their shapes and workers")
-    _api_arg(models)
+    models = sub.add_parser("models", help="list models, their shapes, workers and queues")
+    _api_arg(models, json_flag=True)
     models.set_defaults(func=cmd_models)
+
+    jobs = sub.add_parser("jobs", help="list jobs, newest first (an admin key: everyone's)")
+    jobs.add_argument("--status", choices=[s.value for s in JobStatus], help="only jobs in this state")
+    jobs.add_argument("--error-type", help="only failed jobs with this error.type (max_attempts: dead letters)")
+    jobs.add_argument("--limit", type=int, default=20, help="jobs per page (1-100)")
+    jobs.add_argument("--cursor", type=int, help="the next page (printed under the table)")
+    jobs.add_argument("--tenant", help="admin keys: only this tenant's jobs")
+    _api_arg(jobs, json_flag=True)
+    jobs.set_defaults(func=cmd_jobs)
+
+    workers = sub.add_parser("workers", help="list live workers (an admin key)")
+    _api_arg(workers, json_flag=True)
+    workers.set_defaults(func=cmd_workers)
 
     keys = sub.add_parser("keys", help="API keys (straight in Redis: DQ_REDIS_URL)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -140,8 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _api_arg(p: argparse.ArgumentParser) -> None:
+def _api_arg(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
     p.add_argument("--api", default=None, help="API base URL (default: $DQ_API_URL, else http://127.0.0.1:8000)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+
+
+def package_version() -> str:
+    try:
+        return version("diffusion-queue")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _show(args: argparse.Namespace, answer: dict[str, Any], table: Callable[[dict[str, Any]], str]) -> int:
+    """The API's JSON with ``--json``, else the table made of it."""
+    if args.json:
+        print_json(answer)
+    else:
+        print(table(answer))
+    return 0
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -380,13 +416,22 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print_json(_client(args).get(args.job_id))
-    return 0
+    return _show(args, _client(args).get(args.job_id), tables.job_details)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    print_json(_client(args).models())
-    return 0
+    return _show(args, _client(args).models(), tables.models_table)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    page = _client(args).jobs(
+        status=args.status, error_type=args.error_type, limit=args.limit, cursor=args.cursor, tenant=args.tenant
+    )
+    return _show(args, page, tables.jobs_table)
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    return _show(args, _client(args).workers(), tables.workers_table)
 
 
 def _key_store() -> Any:

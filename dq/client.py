@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import IO, Any
+from urllib.parse import urlencode
 
 import urllib3
 
@@ -57,8 +58,18 @@ class Client:
     def models(self) -> dict[str, Any]:
         return self._ok(*self.request("GET", "/v1/models"))  # type: ignore[no-any-return]
 
+    def jobs(self, **query: str | int | None) -> dict[str, Any]:
+        """A page of ``GET /v1/jobs`` (``status``, ``error_type``, ``limit``, ``cursor``, ``tenant``)."""
+        given = {name: str(value) for name, value in query.items() if value is not None}
+        path = "/v1/jobs" + (f"?{urlencode(given)}" if given else "")
+        return self._ok(*self.request("GET", path))  # type: ignore[no-any-return]
+
+    def workers(self) -> dict[str, Any]:
+        return self._ok(*self.request("GET", "/v1/workers"))  # type: ignore[no-any-return]
+
     def wait(self, job_id: str, timeout_s: float = 600, out: IO[str] | None = None) -> dict[str, Any]:
         """The job once it is terminal, following its event stream (a progress bar on ``out``)."""
+
         def show(state: dict[str, Any]) -> None:
             if out is not None:
                 out.write("\r" + progress_line(state))

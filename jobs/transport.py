@@ -35,7 +35,8 @@ _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 
 
 def make_celery(settings: Settings) -> Celery:
-    """The workers' Celery app."""
+    """The workers' Celery app. Task events and remote control are off unless
+    ``DQ_CELERY_EVENTS`` turns both on, for Flower (``docs/operations.md``, "Flower")."""
     app = Celery("diffusion_queue", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
@@ -49,9 +50,9 @@ def make_celery(settings: Settings) -> Celery:
         # Longer than any fetch-to-ack; the job's own lease decides retries (docs/reliability.md).
         broker_transport_options={"visibility_timeout": 3600, "socket_keepalive": True},
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        worker_send_task_events=settings.celery_events,
         task_send_sent_event=False,
-        worker_enable_remote_control=False,
+        worker_enable_remote_control=settings.celery_events,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 import redis
 
-from dq.procs import Service, stop_process, wait_until
+from dq.procs import Service, free_port, stop_process, wait_until
 from dq.redis_server import start_redis
 from dq.seaweedfs import create_bucket, s3_env, start_seaweedfs
 from jobs.keys import Keys
@@ -136,6 +140,30 @@ def tenant_client(app: Any, redis_client: redis.Redis) -> Callable[..., Any]:
     return make
 
 
+class Children:
+    """The processes a fixture starts, each logging to its own file in ``log_dir``; ``stop_all``
+    at teardown."""
+
+    def __init__(self, log_dir: Path, grace_s: float) -> None:
+        self.log_dir = log_dir
+        self.grace_s = grace_s
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[IO[bytes]] = []
+
+    def start(self, name: str, command: list[str], env: dict[str, str], **popen: Any) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}-{time.monotonic_ns()}.log").open("wb")
+        self.logs.append(log)
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, **popen)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            stop_process(proc, grace_s=self.grace_s)
+        for log in self.logs:
+            log.close()
+
+
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]
 
 
@@ -158,25 +186,19 @@ def worker_env(settings: Settings, s3: Service, **extra: str) -> dict[str, str]:
 @pytest.fixture
 def start_worker(s3_settings: Settings, s3_service: Service, session_dir: Path) -> Iterator[WorkerFactory]:
     """Start real worker processes (``dq worker-process``); wait until each reports ready."""
-    procs: list[subprocess.Popen[bytes]] = []
-    logs: list[IO[bytes]] = []
+    children = Children(session_dir, grace_s=20)
     registry = WorkerRegistry(redis.Redis.from_url(s3_settings.redis_url), Keys())
 
     def start(
         model: str = "tiny-sd", name: str | None = None, wait: bool = True, **env: str
     ) -> subprocess.Popen[bytes]:
-        name = name or f"w{len(procs)}.{model}"
-        log = (session_dir / f"{name}-{time.monotonic_ns()}.log").open("wb")
-        logs.append(log)
-        proc = subprocess.Popen(
+        name = name or f"w{len(children.procs)}.{model}"
+        proc = children.start(
+            name,
             [sys.executable, "-m", "dq", "worker-process", "--model", model],
-            env=worker_env(s3_settings, s3_service, DQ_WORKER_NAME=name, **env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
+            worker_env(s3_settings, s3_service, DQ_WORKER_NAME=name, **env),
             start_new_session=True,
         )
-        procs.append(proc)
         if wait:
             wait_until(
                 lambda: any(w.name == name and w.state in ("ready", "busy") for w in registry.live()),
@@ -187,10 +209,30 @@ def start_worker(s3_settings: Settings, s3_service: Service, session_dir: Path) 
         return proc
 
     yield start
-    for proc in procs:
-        stop_process(proc, grace_s=20)
-    for log in logs:
-        log.close()
+    children.stop_all()
+
+
+DelivererFactory = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def start_deliverer(s3_settings: Settings, s3_service: Service, session_dir: Path) -> Iterator[DelivererFactory]:
+    """``dq webhooks`` as a subprocess, signing with SECRET, 127.0.0.1 allowed, a compressed schedule."""
+    children = Children(session_dir, grace_s=10)
+
+    def start(**env: str) -> subprocess.Popen[bytes]:
+        settings = {
+            "DQ_WEBHOOK_SECRET": SECRET,
+            "DQ_WEBHOOK_ALLOWLIST": "127.0.0.1",
+            "DQ_WEBHOOK_RETRY_SCHEDULE_S": "0" + ",0.3" * 40,
+            "DQ_WEBHOOK_TIMEOUT_S": "1",
+            **env,
+        }
+        env = worker_env(s3_settings, s3_service, **settings)
+        return children.start("webhooks", [sys.executable, "-m", "dq", "webhooks"], env, start_new_session=True)
+
+    yield start
+    children.stop_all()
 
 
 @pytest.fixture
@@ -199,3 +241,43 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver(SECRET).start()
     yield r
     r.close()
+
+
+@contextmanager
+def serve_api(settings: Settings, s3: Service, log_path: Path, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """The API under gunicorn (as `dq up` runs it) on a free port, over TLS with ``tls`` = (certificate,
+    key); yields its base URL."""
+    port = free_port()
+    log = log_path.open("wb")
+    env = {**os.environ, **settings.to_env(), **s3_env(s3, BUCKET)}
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    command += ["--worker-class", "gthread", "--threads", "4", "--graceful-timeout", "5"]
+    command += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])] if tls else []
+    proc = subprocess.Popen(
+        [*command, "api:create_app()"], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_status(f"{url}/readyz", cafile=tls[0] if tls else None) == 200, 60, "API", proc)
+        yield url
+    finally:
+        stop_process(proc, grace_s=10)
+        log.close()
+
+
+@pytest.fixture
+def live_api(s3_settings: Settings, s3_service: Service, session_dir: Path) -> Iterator[str]:
+    """The API under gunicorn on a free port, with the test settings; yields its base URL."""
+    with serve_api(s3_settings, s3_service, session_dir / f"api-{time.monotonic_ns()}.log") as url:
+        yield url
+
+
+def http_status(url: str, key: str | None = None, cafile: Path | None = None) -> int:
+    """The status of a GET (with the key as Bearer, if given; trusting ``cafile`` for https)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)

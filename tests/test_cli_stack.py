@@ -55,17 +55,17 @@ def test_dq_up_serves_the_client_commands_and_stops_clean(tmp_path: Path, models
         assert job["status"] == "succeeded" and job["input"]["seed"] == 5
         assert (tmp_path / "pig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-        status = dq(api, "status", job["id"], cwd=tmp_path)
+        status = dq(api, "status", job["id"], "--json", cwd=tmp_path)
         assert json.loads(status.stdout)["id"] == job["id"]
         refused = dq(api, "cancel", job["id"], cwd=tmp_path)
         assert refused.returncode == 1 and "409" in refused.stderr
         bad = dq(api, "submit", "x", "--width", "4000", cwd=tmp_path)
         assert bad.returncode == 1 and "width" in bad.stderr
-        models = json.loads(dq(api, "models", cwd=tmp_path).stdout)["data"]
+        models = json.loads(dq(api, "models", "--json", cwd=tmp_path).stdout)["data"]
         assert {m["name"] for m in models} >= {"tiny-sd", "tiny-static"}
 
         def ready_workers() -> int:  # the worker shows "busy" until its next heartbeat after a job
-            listed = json.loads(dq(api, "models", cwd=tmp_path).stdout)["data"]
+            listed = json.loads(dq(api, "models", "--json", cwd=tmp_path).stdout)["data"]
             return int(next(m for m in listed if m["name"] == "tiny-sd")["workers"]["ready"])
 
         wait_until(lambda: ready_workers() == 1, 30, "the worker ready again")

@@ -28,7 +28,7 @@ from jobs.workers import WORKER_STATES, WorkerInfo
 from webhooks.deliver import render_body
 
 DOCUMENTED_PREFIXES = ("/v1/", "/healthz", "/readyz")
-OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs")
+OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/")
 
 
 def openapi_path(rule: str) -> str:

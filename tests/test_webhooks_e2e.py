@@ -9,27 +9,24 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 from api.deliveries import DeliveryPage, Redelivery
-from dq.procs import Service, stop_process, wait_until
+from dq.procs import wait_until
 from jobs.settings import Settings
 from jobs.view import JobEvent
-from tests.conftest import REPO_ROOT, WorkerFactory, keyed_client, worker_env
+from tests.conftest import DelivererFactory, WorkerFactory, keyed_client
 from tests.helpers import wait_for
 from tests.webhook_receiver import SECRET, Receiver, Reply
 
 EMULATED = {"DQ_BACKEND": "emulated", "DQ_EMULATED_SECONDS": "0.05"}
-DelivererFactory = Callable[..., subprocess.Popen[bytes]]
 
 
 @pytest.fixture
@@ -39,40 +36,6 @@ def wh_client(s3_settings: Settings, admin_key: str) -> FlaskClient:
     app = create_app(s3_settings.with_(webhook_allowlist="127.0.0.1", webhook_secret=SECRET))
     app.testing = True
     return keyed_client(app, admin_key)  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def start_deliverer(s3_settings: Settings, s3_service: Service, session_dir: Path) -> Iterator[DelivererFactory]:
-    """``dq webhooks`` as a subprocess, signing with SECRET, 127.0.0.1 allowed, a compressed schedule."""
-    procs: list[subprocess.Popen[bytes]] = []
-    logs: list[IO[bytes]] = []
-
-    def start(**env: str) -> subprocess.Popen[bytes]:
-        log = (session_dir / f"webhooks-{time.monotonic_ns()}.log").open("wb")
-        logs.append(log)
-        settings = {
-            "DQ_WEBHOOK_SECRET": SECRET,
-            "DQ_WEBHOOK_ALLOWLIST": "127.0.0.1",
-            "DQ_WEBHOOK_RETRY_SCHEDULE_S": "0" + ",0.3" * 40,
-            "DQ_WEBHOOK_TIMEOUT_S": "1",
-            **env,
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dq", "webhooks"],
-            env=worker_env(s3_settings, s3_service, **settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        stop_process(proc, grace_s=10)
-    for log in logs:
-        log.close()
 
 
 def submit(client: FlaskClient, **body: Any) -> str:

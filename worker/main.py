@@ -235,7 +235,7 @@ class Worker:
                 f"--hostname={self.info.name}",
                 "--without-gossip",
                 "--without-mingle",
-                "--without-heartbeat",
+                *([] if self.settings.celery_events else ["--without-heartbeat"]),  # event heartbeats: Flower
                 "--loglevel=INFO",
             ]
         )
