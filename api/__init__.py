@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
-from api import auth, deliveries, docs, errors, health, jobs, keys, models
+from api import auth, deliveries, docs, errors, health, jobs, keys, models, replicate
 from api.services import Services
 from jobs.settings import Settings
 
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(replicate.bp)
     app.register_blueprint(keys.bp)
     deliveries.init_app(app)
     app.register_blueprint(docs.bp)

@@ -80,6 +80,7 @@ TAGS = [  # the order the docs page shows them in
     {"name": "jobs", "description": "Submit, read, wait for, stream, list, cancel and retry jobs"},
     {"name": "webhooks", "description": "Delivery attempts, redelivery, the signing secret"},
     {"name": "models", "description": "What each model can run, and the workers serving it"},
+    {"name": "replicate", "description": "Replicate-compatible predictions and models (docs/replicate.md)"},
     {"name": "keys", "description": "API keys (admin keys only)"},
     {"name": "health", "description": "Liveness and readiness (no key)"},
     {"name": "meta", "description": "This document and its docs page (no key)"},

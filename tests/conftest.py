@@ -8,14 +8,17 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 import redis
 
-from dq.procs import Service, stop_process, wait_until
+from dq.procs import Service, free_port, stop_process, wait_until
 from dq.redis_server import start_redis
 from dq.seaweedfs import create_bucket, s3_env, start_seaweedfs
 from jobs.keys import Keys
@@ -199,3 +202,38 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver(SECRET).start()
     yield r
     r.close()
+
+
+@contextmanager
+def serve_api(settings: Settings, s3: Service, log_path: Path) -> Iterator[str]:
+    """The API under gunicorn (as `dq up` runs it) on a free port; yields its base URL."""
+    port = free_port()
+    log = log_path.open("wb")
+    env = {**os.environ, **settings.to_env(), **s3_env(s3, BUCKET)}
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    command += ["--worker-class", "gthread", "--threads", "4", "--graceful-timeout", "5", "api:create_app()"]
+    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_status(f"{url}/readyz") == 200, 60, "API", proc)
+        yield url
+    finally:
+        stop_process(proc, grace_s=10)
+        log.close()
+
+
+@pytest.fixture
+def live_api(s3_settings: Settings, s3_service: Service, session_dir: Path) -> Iterator[str]:
+    """The API under gunicorn on a free port, with the test settings; yields its base URL."""
+    with serve_api(s3_settings, s3_service, session_dir / f"api-{time.monotonic_ns()}.log") as url:
+        yield url
+
+
+def http_status(url: str, key: str | None = None) -> int:
+    """The status of a GET (with the key as Bearer, if given)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)

@@ -19,49 +19,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
-from dq.procs import Service, free_port, stop_process, wait_until
-from dq.seaweedfs import s3_env
-from jobs.settings import Settings
 from jobs.tenants import KeyStore
-from tests.conftest import BUCKET, REPO_ROOT, WorkerFactory
+from tests.conftest import REPO_ROOT, WorkerFactory, http_status
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")  # seed, budget, checks
 MIN_REQUESTS = 1000
 TIME_LIMIT_S = 240  # the run takes ~60 s on 2 cores; this only bounds a hang
-
-
-@pytest.fixture
-def live_api(s3_settings: Settings, s3_service: Service, session_dir: Path) -> Iterator[str]:
-    """The API under gunicorn (as `dq up` runs it) on a free port; yields its base URL."""
-    port = free_port()
-    log = (session_dir / f"fuzz-api-{time.monotonic_ns()}.log").open("wb")
-    env = {**os.environ, **s3_settings.to_env(), **s3_env(s3_service, BUCKET)}
-    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
-    command += ["--worker-class", "gthread", "--threads", "4", "--graceful-timeout", "5", "api:create_app()"]
-    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _get(f"{url}/readyz") == 200, 60, "API", proc)
-        yield url
-    finally:
-        stop_process(proc, grace_s=10)
-        log.close()
-
-
-def _get(url: str, key: str | None = None) -> int:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def test_fuzz_the_live_api_against_its_document(
@@ -89,7 +57,7 @@ def test_fuzz_the_live_api_against_its_document(
     assert {line["mode"] for line in lines} >= {"positive", "negative"}
     # every operation (schemathesis leaves out the one that serves the document it loaded)
     assert {line["operation"] for line in lines} == _operations(live_api) - {"GET /openapi.json"}
-    assert _get(f"{live_api}/v1/keys/{record.prefix}", key) == 200  # the fuzzer's own key survived
+    assert http_status(f"{live_api}/v1/keys/{record.prefix}", key) == 200  # the fuzzer's own key survived
 
 
 def _operations(url: str) -> set[str]:

@@ -26,6 +26,7 @@ import urllib3
 from jobs.connections import Role, create_redis
 from jobs.keys import Keys
 from jobs.models import rfc3339
+from jobs.replicate import render_prediction_event
 from jobs.settings import Settings
 from jobs.storage import S3Storage
 from jobs.tenants import DEFAULT_TENANT, Tenants, WebhookSecret
@@ -135,8 +136,10 @@ class Sender:
 
 
 def render_body(event: dict[str, Any], presign: Presigner | None) -> str:
-    """The event as JSON (``jobs.view.render_event``: the same body as the ``/events`` stream)."""
-    return json.dumps(render_event(event, presign), separators=(",", ":"))
+    """The event as JSON (``jobs.view.render_event``: the same body as the ``/events`` stream); for
+    a job created through the Replicate routes, the prediction itself, as Replicate sends it."""
+    body = render_prediction_event(event) or render_event(event, presign)
+    return json.dumps(body, separators=(",", ":"))
 
 
 class SecretCache:
