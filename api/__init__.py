@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
@@ -16,10 +18,17 @@ class JobIdConverter(BaseConverter):
     regex = "[0-9a-f]{32}"
 
 
+def owner_converter(owner: str) -> type[BaseConverter]:
+    """``<owner:owner>``: exactly ``DQ_MODEL_OWNER``, so ``/v1/models/<owner>/<name>`` (Replicate's)
+    never takes ``/v1/models/<name>/pause`` (ours); another owner is a 404."""
+    return type("OwnerConverter", (BaseConverter,), {"regex": re.escape(owner)})
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.url_map.converters["jobid"] = JobIdConverter
+    app.url_map.converters["owner"] = owner_converter(settings.model_owner)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     Services.init_app(app, settings)

@@ -1,4 +1,4 @@
-"""Replicate-compatible routes (``/v1/predictions``, ``/v1/models/<owner>/<name>/…``): existing
+"""Replicate-compatible routes (``/v1/predictions``, ``/v1/models/<owner:owner>/<name>/…``): existing
 Replicate client code changes only its base URL and token.
 
 A prediction IS a job: the same store, auth and tenant rules as ``/v1/jobs`` (another tenant's
@@ -104,7 +104,9 @@ def create_prediction() -> Response:
     return _create(info, version_id, body)
 
 
-@creates("/models/<owner>/<name>/predictions", "Create a prediction of a model", ModelPredictionRequest, CREATE_ERRORS)
+@creates(
+    "/models/<owner:owner>/<name>/predictions", "Create a prediction of a model", ModelPredictionRequest, CREATE_ERRORS
+)
 def create_model_prediction(owner: str, name: str) -> Response:
     """Runs the model's current version (what ``replicate.run("owner/name", …)`` calls)."""
     body = parse_body(ModelPredictionRequest, json_body())
@@ -218,7 +220,7 @@ def _answer(record: JobRecord, status: int, *, pending_as_starting: bool = False
 
 
 # -- models and versions ---------------------------------------------------------------
-@bp.get("/models/<owner>/<name>")
+@bp.get("/models/<owner:owner>/<name>")
 @contract("Get a model", responses={200: ReplicateModel}, errors=(ModelNotFound,), tag="replicate")
 def get_model(owner: str, name: str) -> Response:
     """A compiled model as Replicate shows one; ``latest_version`` is the artifact as it is now."""
@@ -226,7 +228,7 @@ def get_model(owner: str, name: str) -> Response:
     return jsonify(render_model(info, owner, base_url(), _version(info)))
 
 
-@bp.get("/models/<owner>/<name>/versions")
+@bp.get("/models/<owner:owner>/<name>/versions")
 @contract("List a model's versions", responses={200: VersionPage}, errors=(ModelNotFound,), tag="replicate")
 def list_versions(owner: str, name: str) -> Response:
     """One version: the artifact as it is now (a recompiled model is a new version; older ones
@@ -235,7 +237,7 @@ def list_versions(owner: str, name: str) -> Response:
     return jsonify({"previous": None, "next": None, "results": [_version(info)]})
 
 
-@bp.get("/models/<owner>/<name>/versions/<version_id>")
+@bp.get("/models/<owner:owner>/<name>/versions/<version_id>")
 @contract(
     "Get a model version", responses={200: ModelVersion}, errors=(ModelNotFound, VersionNotFound), tag="replicate"
 )
