@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -205,17 +206,21 @@ def receiver() -> Iterator[Receiver]:
 
 
 @contextmanager
-def serve_api(settings: Settings, s3: Service, log_path: Path) -> Iterator[str]:
-    """The API under gunicorn (as `dq up` runs it) on a free port; yields its base URL."""
+def serve_api(settings: Settings, s3: Service, log_path: Path, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """The API under gunicorn (as `dq up` runs it) on a free port, over TLS with ``tls`` = (certificate,
+    key); yields its base URL."""
     port = free_port()
     log = log_path.open("wb")
     env = {**os.environ, **settings.to_env(), **s3_env(s3, BUCKET)}
     command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
-    command += ["--worker-class", "gthread", "--threads", "4", "--graceful-timeout", "5", "api:create_app()"]
-    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    command += ["--worker-class", "gthread", "--threads", "4", "--graceful-timeout", "5"]
+    command += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])] if tls else []
+    proc = subprocess.Popen(
+        [*command, "api:create_app()"], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
-        wait_until(lambda: http_status(f"{url}/readyz") == 200, 60, "API", proc)
+        wait_until(lambda: http_status(f"{url}/readyz", cafile=tls[0] if tls else None) == 200, 60, "API", proc)
         yield url
     finally:
         stop_process(proc, grace_s=10)
@@ -229,11 +234,12 @@ def live_api(s3_settings: Settings, s3_service: Service, session_dir: Path) -> I
         yield url
 
 
-def http_status(url: str, key: str | None = None) -> int:
-    """The status of a GET (with the key as Bearer, if given)."""
+def http_status(url: str, key: str | None = None, cafile: Path | None = None) -> int:
+    """The status of a GET (with the key as Bearer, if given; trusting ``cafile`` for https)."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -384,6 +386,41 @@ def rclient(stack: tuple[str, str]) -> Iterator[replicate.Client]:
     client.poll_interval = 0.05
     yield client
     client._client.close()  # the client has no close() of its own
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(command, check=True, capture_output=True)
+    return cert, key
+
+
+def test_over_https_run_returns_file_outputs_that_download_as_images(
+    s3_settings: Settings,
+    s3_service: Service,
+    session_dir: Path,
+    tmp_path: Path,
+    redis_client: redis.Redis,
+    start_worker: WorkerFactory,
+) -> None:
+    tls = self_signed(tmp_path)
+    _, key = KeyStore(redis_client).create("acme", label="replicate")
+    log = session_dir / f"replicate-tls-api-{time.monotonic_ns()}.log"
+    with serve_api(s3_settings, s3_service, log, tls=tls) as url:
+        start_worker(**EMULATED)
+        trusting = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(tls[0])))
+        client = replicate.Client(api_token=key, base_url=url, transport=trusting)
+        try:
+            output = client.run("dq/tiny-sd", input={"prompt": "a pig", "num_outputs": 2, "output_format": "webp"})
+            assert isinstance(output, list) and all(isinstance(item, FileOutput) for item in output)
+            assert str(output[0]).startswith(f"{url}/v1/predictions/")
+            images = [image_of(item.read()) for item in output]  # the client's own download, with its key
+            assert [(i.format, i.size) for i in images] == [("WEBP", (64, 64))] * 2
+            assert b"".join(output[1]) == output[1].read()  # streamed in chunks: the same bytes
+        finally:
+            client._client.close()
 
 
 def image_of(data: bytes) -> Image.Image:
