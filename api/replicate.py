@@ -9,6 +9,7 @@ id is a 404), visible through both APIs. The mapping itself is plain functions i
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, Field
 
-from api.auth import caller, list_scope
+from api.auth import caller, caller_or_none, list_scope, signed_or_keyed
 from api.contract import Answer, contract
 from api.inputs import json_body, parse_headers, parse_query
 from api.jobs import MAX_LIST_LIMIT, SubmitHeaders, event_stream, find_job, prefer_wait, request_cancel, wait_for_job
@@ -34,6 +35,7 @@ from jobs.errors import (
     Overloaded,
     StorageUnavailable,
     TooManyRequests,
+    Unauthorized,
     ValidationFailed,
     VersionNotFound,
 )
@@ -56,8 +58,9 @@ from jobs.replicate import (
     render_model,
     render_prediction,
     render_version,
+    valid_output_signature,
 )
-from jobs.store import JobRecord
+from jobs.store import ANY_TENANT, JobRecord
 from jobs.submit import parse_body
 
 bp = Blueprint("replicate", __name__, url_prefix="/v1")
@@ -72,6 +75,12 @@ CREATE_ANSWERS = {
     200: Answer(Prediction, "the prediction this Idempotency-Key created", ("Location",)),
 }
 CREATE_ERRORS = (ValidationFailed, IdempotencyConflict, TooManyRequests, Overloaded, NoWorker, ModelNotFound)
+
+
+class OutputQuery(BaseModel):
+    sig: str | None = Field(
+        default=None, max_length=64, description="the signature in an `output` URL: lets a request without a key in"
+    )
 
 
 class PredictionListQuery(BaseModel):
@@ -152,8 +161,8 @@ def list_predictions() -> Response:
     svc = services()
     query = parse_query(PredictionListQuery)
     page = svc.store.page(tenant=list_scope(None), limit=query.limit, cursor=query.cursor)
-    address = addresser()
-    results = [render_prediction(record, address(record)) for record in page.jobs]
+    render = renderer()
+    results = [render(record) for record in page.jobs]
     more = f"{base_url()}/v1/predictions?cursor={page.next_cursor}&limit={query.limit}" if page.next_cursor else None
     return jsonify({"previous": None, "next": more, "results": results})
 
@@ -170,14 +179,18 @@ def cancel_prediction(job_id: str) -> Response:
 @bp.get("/predictions/<jobid:job_id>/output/<int:index>")
 @contract(
     "Download an output",
+    query=OutputQuery,
     responses={200: Answer(None, "the image's bytes (`image/png`, `image/jpeg` or `image/webp`)")},
     errors=(JobNotFound, OutputNotFound, StorageUnavailable),
     tag="replicate",
 )
+@signed_or_keyed
 def prediction_output(job_id: str, index: int) -> Response:
-    """One image of a succeeded prediction, streamed from object storage (the ``output`` URLs:
-    Replicate's clients fetch them with the same Bearer key, which a presigned S3 URL refuses)."""
-    record = find_job(job_id)
+    """One image of a succeeded prediction, streamed from object storage: the ``output`` URLs.
+    With the key, or without one when the URL's ``sig`` is valid (Replicate's JavaScript client
+    and browsers fetch outputs without the key; its Python client sends it, which a presigned
+    S3 URL would refuse)."""
+    record = _output_job(job_id, index, parse_query(OutputQuery).sig)
     if record.status is not JobStatus.SUCCEEDED or index >= len(record.outputs):
         raise OutputNotFound(f"prediction {job_id} has no output {index}")
     stored = record.outputs[index]
@@ -192,6 +205,21 @@ def prediction_output(job_id: str, index: int) -> Response:
     return response
 
 
+def _output_job(job_id: str, index: int, signature: str | None) -> JobRecord:
+    """The caller's job; for a request without a key, the job the signature was made for."""
+    if caller_or_none() is not None:
+        return find_job(job_id)
+    svc = services()
+    record = svc.store.get(job_id, tenant=ANY_TENANT)
+    secrets = svc.tenants.webhook_secret(record.tenant).signing(time.time()) if record else []
+    if record is None or not valid_output_signature(secrets, job_id, index, signature or ""):
+        raise Unauthorized(
+            "the signature is not valid for this output (or its tenant's secret was rotated); send your API key",
+            headers={"WWW-Authenticate": 'Bearer realm="dq"'},
+        )
+    return record
+
+
 @bp.get("/predictions/<jobid:job_id>/stream")
 @contract(
     "Stream a prediction",
@@ -204,16 +232,18 @@ def prediction_output(job_id: str, index: int) -> Response:
 def prediction_stream(job_id: str) -> Response:
     """Replicate's event stream (``urls.stream``): a ``logs`` event per progress step, an
     ``output`` event per image URL, ``error``, then ``done`` (``{}`` or ``{"reason": …}``)."""
-    at = addresser()(find_job(job_id))
+    record = find_job(job_id)
+    at = addressing(record)
+    secret = output_secret(record.tenant)
 
     def messages(event: Event) -> list[tuple[str, str]]:
-        return prediction_stream_events(event.raw, at)
+        return prediction_stream_events(event.raw, at, secret)
 
     return event_stream(job_id, 0, messages)
 
 
 def _answer(record: JobRecord, status: int, *, pending_as_starting: bool = False) -> Response:
-    response = jsonify(render_prediction(record, addresser()(record), pending_as_starting=pending_as_starting))
+    response = jsonify(renderer()(record, pending_as_starting=pending_as_starting))
     response.status_code = status
     response.headers["Location"] = f"/v1/predictions/{record.id}"
     return response
@@ -284,20 +314,40 @@ def base_url() -> str:
     return request.url_root.rstrip("/")
 
 
-def addresser() -> Callable[[JobRecord], Addressing]:
-    """How each job reads as a prediction: as it was created through these routes, or (a job
-    from ``/v1/jobs``) its model's current version; links on this request's base URL."""
+def addressing(record: JobRecord, versions: dict[str, str] | None = None) -> Addressing:
+    """How a job reads as a prediction: as it was created through these routes, or (a job from
+    ``/v1/jobs``) its model's current version (memoised in ``versions``); links on this
+    request's base URL."""
     svc = services()
-    root = base_url()
+    model = f"{svc.settings.model_owner}/{record.model}"
+    if record.replicate is not None:
+        return Addressing(base_url(), model, record.replicate.get("version", ""))
+    versions = {} if versions is None else versions
+    if record.model not in versions:
+        info = svc.catalog.get(record.model)
+        versions[record.model] = artifact_version(Path(info.path))[0] if info else ""
+    return Addressing(base_url(), model, versions[record.model])
+
+
+def output_secret(tenant: str) -> str:
+    """What signs the tenant's output URLs: its current webhook secret."""
+    return services().tenants.webhook_secret(tenant).secret
+
+
+def renderer() -> Callable[..., dict[str, Any]]:
+    """``render(record, pending_as_starting=False)``: jobs as predictions, for one request (model
+    versions and tenants' secrets read once each)."""
     versions: dict[str, str] = {}
+    secrets: dict[str, str] = {}
 
-    def address(record: JobRecord) -> Addressing:
-        model = f"{svc.settings.model_owner}/{record.model}"
-        if record.replicate is not None:
-            return Addressing(root, model, record.replicate.get("version", ""))
-        if record.model not in versions:
-            info = svc.catalog.get(record.model)
-            versions[record.model] = artifact_version(Path(info.path))[0] if info else ""
-        return Addressing(root, model, versions[record.model])
+    def render(record: JobRecord, pending_as_starting: bool = False) -> dict[str, Any]:
+        if record.outputs and record.tenant not in secrets:
+            secrets[record.tenant] = output_secret(record.tenant)
+        return render_prediction(
+            record,
+            addressing(record, versions),
+            output_secret=secrets.get(record.tenant),
+            pending_as_starting=pending_as_starting,
+        )
 
-    return address
+    return render

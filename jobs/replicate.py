@@ -21,6 +21,7 @@ What maps onto what (docs/replicate.md has the table):
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -254,10 +255,13 @@ def _prediction_field(field: str) -> str:
 
 
 # -- predictions -----------------------------------------------------------------------
-def render_prediction(record: JobRecord, at: Addressing, *, pending_as_starting: bool = False) -> dict[str, Any]:
-    """The job as a Replicate prediction. ``pending_as_starting``: a job not yet terminal reads
-    ``starting`` (the answer to ``Prefer: wait`` when the wait ran out: Replicate's clients take
-    any other status there as finished)."""
+def render_prediction(
+    record: JobRecord, at: Addressing, *, output_secret: str | None = None, pending_as_starting: bool = False
+) -> dict[str, Any]:
+    """The job as a Replicate prediction. ``output_secret`` (the tenant's webhook secret) signs the
+    output URLs (``?sig=``: they then work without a key, see ``output_signature``).
+    ``pending_as_starting``: a job not yet terminal reads ``starting`` (the answer to ``Prefer:
+    wait`` when the wait ran out: Replicate's clients take any other status there as finished)."""
     status = STATUSES[record.status]
     if pending_as_starting and not record.status.is_terminal():
         status = "starting"
@@ -269,7 +273,7 @@ def render_prediction(record: JobRecord, at: Addressing, *, pending_as_starting:
         "version": at.version,
         "status": status,
         "input": record.input,
-        "output": [f"{link}/output/{n}" for n in range(len(record.outputs))] if done else None,
+        "output": [output_url(link, record.id, n, output_secret) for n in range(len(record.outputs))] if done else None,
         "logs": progress_logs(record.progress_step, record.progress_total),
         "error": f"{record.error['type']}: {record.error['message']}" if record.error else None,
         "metrics": prediction_metrics(record),
@@ -284,13 +288,33 @@ def render_prediction(record: JobRecord, at: Addressing, *, pending_as_starting:
     }
 
 
-def render_prediction_event(event: dict[str, Any]) -> dict[str, Any] | None:
+def render_prediction_event(event: dict[str, Any], output_secret: str | None = None) -> dict[str, Any] | None:
     """A webhook body for a job created through the Replicate routes: the prediction as it was
     at the event (Replicate's webhooks carry the prediction itself); None for other jobs."""
     record = JobRecord.from_hash(event["job"])
     if record.replicate is None:
         return None
-    return render_prediction(record, Addressing(**record.replicate))
+    return render_prediction(record, Addressing(**record.replicate), output_secret=output_secret)
+
+
+def output_url(link: str, job_id: str, index: int, secret: str | None) -> str:
+    """Image ``index`` of the prediction at ``link``; with ``secret``, signed (``?sig=``)."""
+    url = f"{link}/output/{index}"
+    return f"{url}?sig={output_signature(secret, job_id, index)}" if secret else url
+
+
+def output_signature(secret: str, job_id: str, index: int) -> str:
+    """What makes an output URL work without a key: HMAC-SHA256 of the job and image, keyed
+    with the tenant's webhook secret (a message no webhook signature has the shape of). Such a
+    URL is valid as long as the job is kept and the secret is current (or the previous one in a
+    rotation window): rotating the tenant's secret revokes every URL given out before. Replicate's
+    JavaScript client and a browser's ``<img>`` fetch outputs without the API key."""
+    message = f"dq-output\0{job_id}\0{index}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def valid_output_signature(secrets: list[str], job_id: str, index: int, signature: str) -> bool:
+    return any(hmac.compare_digest(output_signature(s, job_id, index), signature) for s in secrets)
 
 
 def progress_logs(step: int, total: int) -> str:
@@ -314,12 +338,14 @@ def prediction_metrics(record: JobRecord) -> dict[str, float]:
     return metrics
 
 
-def prediction_stream_events(raw_event: dict[str, Any], at: Addressing) -> list[tuple[str, str]]:
+def prediction_stream_events(
+    raw_event: dict[str, Any], at: Addressing, output_secret: str | None = None
+) -> list[tuple[str, str]]:
     """One of our events as Replicate's SSE messages, (event, data): ``logs`` per step, then the
     ``output`` URLs, an ``error``, and ``done`` (``{}``, or ``{"reason": "canceled"|"error"}``)."""
     kind = str(raw_event["type"]).removeprefix("job.")
     record = JobRecord.from_hash(raw_event["job"])
-    prediction = render_prediction(record, at)
+    prediction = render_prediction(record, at, output_secret=output_secret)
     if kind == "progress":
         return [("logs", prediction["logs"].rstrip("\n"))]
     if kind == "succeeded":

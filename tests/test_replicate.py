@@ -37,6 +37,7 @@ from jobs.replicate import (
     as_prediction_error,
     job_body,
     our_events,
+    output_signature,
     parse_model_ref,
     prediction_stream_events,
     progress_logs,
@@ -44,6 +45,7 @@ from jobs.replicate import (
     render_prediction_event,
     render_version,
     their_events,
+    valid_output_signature,
 )
 from jobs.settings import Settings
 from jobs.store import JobRecord
@@ -125,6 +127,17 @@ def test_an_expired_job_fails_with_an_error_that_says_so() -> None:
     prediction = render_prediction(expired, AT)
     assert prediction["status"] == "failed"
     assert prediction["error"] == "expired: queued longer than ttl_seconds (60)"
+
+
+def test_output_urls_are_signed_for_one_job_and_image() -> None:
+    done = record(JobStatus.SUCCEEDED, outputs=[{"bucket": "b", "key": "k"}] * 2)
+    signed = render_prediction(done, AT, output_secret="s1")["output"]
+    assert signed[0] == f"http://api.test/v1/predictions/{done.id}/output/0?sig={output_signature('s1', done.id, 0)}"
+    sig = signed[1].rpartition("=")[2]
+    assert valid_output_signature(["s1"], done.id, 1, sig)
+    assert valid_output_signature(["s2", "s1"], done.id, 1, sig)  # the previous secret, in a rotation window
+    assert not valid_output_signature(["s2"], done.id, 1, sig)  # rotated out: revoked
+    assert not valid_output_signature(["s1"], done.id, 0, sig) and not valid_output_signature(["s1"], "0" * 32, 1, sig)
 
 
 def test_logs_are_a_progress_line_the_client_parses() -> None:
@@ -361,8 +374,18 @@ def test_prediction_webhooks_carry_the_prediction(
 
     completed_only = delivered_for(made.get_json()["id"])
     assert [p["status"] for p in completed_only] == ["succeeded"]
-    assert completed_only[0]["output"][0].endswith(f"/v1/predictions/{made.get_json()['id']}/output/0")
+    assert completed_only[0]["output"][0].startswith(
+        f"http://localhost/v1/predictions/{made.get_json()['id']}/output/0?sig="
+    )
     assert completed_only[0]["webhook_events_filter"] == ["completed"]
+    keyless = app.test_client()  # what Replicate's JS client and a browser do: no key, the signed URL
+    signed = completed_only[0]["output"][0].removeprefix("http://localhost")
+    image = keyless.get(signed)
+    assert image.status_code == 200 and image.mimetype == "image/png"
+    assert image_of(image.data).format == "PNG"
+    problem(keyless.get(signed.replace("?sig=", "?sig=0")), 401)
+    problem(keyless.get(signed.replace("/output/0?", "/output/1?")), 401)  # signed for image 0 only
+    problem(keyless.get(signed.partition("?")[0]), 401)
     assert [p["status"] for p in delivered_for(everything.get_json()["id"])] == ["processing", "succeeded"]
     assert all(item.verified for item in receiver.delivered())  # signed as every webhook is
 
@@ -440,6 +463,7 @@ def test_replicate_run_generates_images_the_client_downloads(
     assert all(isinstance(item, str) and item.startswith(f"{stack[0]}/v1/predictions/") for item in output)
     images = [image_of(FileOutput(item, rclient).read()) for item in output]
     assert [(i.format, i.size) for i in images] == [("PNG", (64, 64))] * 2
+    assert image_of(httpx.get(output[1]).content).format == "PNG"  # no key: the URL is signed
     version = rclient.models.get("dq/tiny-sd").latest_version
     assert version is not None
     for output_format, pil_format in (("jpeg", "JPEG"), ("webp", "WEBP")):
@@ -454,7 +478,7 @@ def test_replicate_run_generates_images_the_client_downloads(
     stranger = replicate.Client(api_token="dq_bad_key", base_url=stack[0])
     try:
         with pytest.raises(httpx.HTTPStatusError, match="401"):
-            FileOutput(output[0], stranger).read()
+            FileOutput(output[0], stranger).read()  # a bad key is refused, signed URL or not
     finally:
         stranger._client.close()
 
