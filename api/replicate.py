@@ -137,7 +137,9 @@ def _create(info: ModelInfo, version_id: str, body: ModelPredictionRequest) -> R
     admitted = admit(svc.store, prepared, who.owner, who.limits, svc.settings, headers.idempotency_key, extra)
     result = admitted.result
     wait_s = prefer_wait(headers.prefer)
-    record, _ = wait_for_job(result.record.id if result.record else result.job_id, wait_s)
+    record = result.record  # as created: no need to read it back, unless asked to wait
+    if record is None or wait_s:
+        record, _ = wait_for_job(result.record.id if result.record else result.job_id, wait_s)
     if record is None:
         raise JobNotFound("the prediction is gone")
     response = _answer(record, 201 if result.record else 200, pending_as_starting=wait_s > 0)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import shutil
 import ssl
 import subprocess
 import time
@@ -207,8 +209,6 @@ def test_a_versions_schema_lists_a_static_models_shapes_as_enums(models_dir: Pat
 
 
 def test_a_version_id_is_the_artifacts_content_hash(tmp_path: Path, models_dir: Path) -> None:
-    import shutil
-
     copy = tmp_path / "tiny-sd"
     shutil.copytree(models_dir / "tiny-sd", copy)
     first, _ = artifact_version(copy)
@@ -420,30 +420,37 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def test_over_https_run_returns_file_outputs_that_download_as_images(
+@pytest.fixture
+def tls_stack(
     s3_settings: Settings,
     s3_service: Service,
     session_dir: Path,
     tmp_path: Path,
     redis_client: redis.Redis,
     start_worker: WorkerFactory,
-) -> None:
+) -> Iterator[tuple[str, str, Path]]:
+    """(base URL of the API under gunicorn over https, a key of tenant acme, the certificate to
+    trust), with an emulated worker of tiny-sd."""
     tls = self_signed(tmp_path)
     _, key = KeyStore(redis_client).create("acme", label="replicate")
-    log = session_dir / f"replicate-tls-api-{time.monotonic_ns()}.log"
-    with serve_api(s3_settings, s3_service, log, tls=tls) as url:
+    with serve_api(s3_settings, s3_service, session_dir / f"replicate-tls-{time.monotonic_ns()}.log", tls=tls) as url:
         start_worker(**EMULATED)
-        trusting = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(tls[0])))
-        client = replicate.Client(api_token=key, base_url=url, transport=trusting)
-        try:
-            output = client.run("dq/tiny-sd", input={"prompt": "a pig", "num_outputs": 2, "output_format": "webp"})
-            assert isinstance(output, list) and all(isinstance(item, FileOutput) for item in output)
-            assert str(output[0]).startswith(f"{url}/v1/predictions/")
-            images = [image_of(item.read()) for item in output]  # the client's own download, with its key
-            assert [(i.format, i.size) for i in images] == [("WEBP", (64, 64))] * 2
-            assert b"".join(output[1]) == output[1].read()  # streamed in chunks: the same bytes
-        finally:
-            client._client.close()
+        yield url, key, tls[0]
+
+
+def test_over_https_run_returns_file_outputs_that_download_as_images(tls_stack: tuple[str, str, Path]) -> None:
+    url, key, cert = tls_stack
+    trusting = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(cert)))
+    client = replicate.Client(api_token=key, base_url=url, transport=trusting)
+    try:
+        output = client.run("dq/tiny-sd", input={"prompt": "a pig", "num_outputs": 2, "output_format": "webp"})
+        assert isinstance(output, list) and all(isinstance(item, FileOutput) for item in output)
+        assert str(output[0]).startswith(f"{url}/v1/predictions/")
+        images = [image_of(item.read()) for item in output]  # the client's own download, with its key
+        assert [(i.format, i.size) for i in images] == [("WEBP", (64, 64))] * 2
+        assert b"".join(output[1]) == output[1].read()  # streamed in chunks: the same bytes
+    finally:
+        client._client.close()
 
 
 def image_of(data: bytes) -> Image.Image:
@@ -536,3 +543,42 @@ def test_the_versions_schema_is_read_by_the_client_as_plain_output(rclient: repl
     assert model.latest_version is not None
     assert model.latest_version.id == artifact_version(models_dir / "tiny-static")[0]
     assert not _has_output_iterator_array_type(model.latest_version)  # a list of URLs, not an iterator
+
+
+# -- the official JavaScript client (npm), if npm can fetch it here ------------------------
+JS_CLIENT = "replicate@1.4.0"
+JS_SCRIPT = Path(__file__).with_name("js") / "replicate_client.mjs"
+
+
+@pytest.fixture(scope="session")
+def replicate_js(session_dir: Path) -> Path:
+    """The npm package, installed once per session (skipped where node or the registry is missing)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed for the JavaScript client")
+    folder = session_dir / "replicate-js"
+    folder.mkdir()
+    command = ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(folder), JS_CLIENT]
+    installed = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    if installed.returncode != 0:
+        pytest.skip(f"npm could not install {JS_CLIENT}: {installed.stderr[-300:]}")
+    return folder / "node_modules" / "replicate"
+
+
+def test_the_javascript_client_runs_predictions_and_downloads_outputs_without_the_key(
+    replicate_js: Path, tls_stack: tuple[str, str, Path], tmp_path: Path
+) -> None:
+    url, key, cert = tls_stack
+    env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(cert)}
+    command = ["node", str(JS_SCRIPT), str(replicate_js), url, key, str(tmp_path)]
+    ran = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    seen = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert seen["run_types"] == ["FileOutput", "FileOutput"]
+    assert all(u.startswith(f"{url}/v1/predictions/") and "?sig=" in u for u in seen["run_urls"])
+    assert [image_of(Path(f).read_bytes()).format for f in seen["run_files"]] == ["PNG", "PNG"]
+    assert [image_of(Path(f).read_bytes()).format for f in seen["version_files"]] == ["WEBP"]
+    assert "num_outputs" in seen["version_inputs"] and "prompt" in seen["version_inputs"]
+    assert (seen["created_status"], seen["waited_status"], seen["got_status"]) == ("starting", "succeeded", "succeeded")
+    assert seen["predict_time"] > 0 and seen["listed"][0] == seen["waited_id"] and len(seen["listed"]) == 3
+    assert seen["canceled_status"] == "succeeded"  # too late to cancel: answered as it is
+    assert seen["missing"] == 404
