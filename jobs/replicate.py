@@ -272,7 +272,7 @@ def render_prediction(
         "model": at.model,
         "version": at.version,
         "status": status,
-        "input": record.input,
+        "input": {RENAMED.get(name, name): value for name, value in record.input.items()},
         "output": [output_url(link, record.id, n, output_secret) for n in range(len(record.outputs))] if done else None,
         "logs": progress_logs(record.progress_step, record.progress_total),
         "error": f"{record.error['type']}: {record.error['message']}" if record.error else None,

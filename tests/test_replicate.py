@@ -316,7 +316,7 @@ def test_a_prediction_is_a_job_and_a_job_is_a_prediction(
     made = acme.post("/v1/models/dq/tiny-sd/predictions", json={"input": {"prompt": "a pig", "num_outputs": 2}})
     assert made.status_code == 201 and made.headers["Location"] == f"/v1/predictions/{made.get_json()['id']}"
     prediction = made.get_json()
-    assert prediction["status"] == "starting" and prediction["input"]["num_images"] == 2
+    assert prediction["status"] == "starting" and prediction["input"]["num_outputs"] == 2  # in Replicate's words
     assert prediction["urls"]["get"] == f"http://localhost/v1/predictions/{prediction['id']}"
     job = acme.get(f"/v1/jobs/{prediction['id']}").get_json()
     assert (job["status"], job["tenant"]) == ("queued", "acme")
