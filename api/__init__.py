@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
-from api import auth, console, deliveries, docs, errors, health, jobs, keys, models
+from api import auth, console, deliveries, docs, errors, health, jobs, keys, models, replicate
 from api.services import Services
 from jobs.settings import Settings
 
@@ -16,10 +18,17 @@ class JobIdConverter(BaseConverter):
     regex = "[0-9a-f]{32}"
 
 
+def owner_converter(owner: str) -> type[BaseConverter]:
+    """``<owner:owner>``: exactly ``DQ_MODEL_OWNER``, so ``/v1/models/<owner>/<name>`` (Replicate's)
+    never takes ``/v1/models/<name>/pause`` (ours); another owner is a 404."""
+    return type("OwnerConverter", (BaseConverter,), {"regex": re.escape(owner)})
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__, static_folder=None)  # the console serves its own files (api/console.py)
     app.url_map.converters["jobid"] = JobIdConverter
+    app.url_map.converters["owner"] = owner_converter(settings.model_owner)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     Services.init_app(app, settings)
@@ -28,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(replicate.bp)
     app.register_blueprint(keys.bp)
     deliveries.init_app(app)
     app.register_blueprint(docs.bp)

@@ -4,7 +4,8 @@
 lookup, ≤ 1 s old, so a revoked key is refused by every process within a second) into a
 ``Caller``: the tenant, the key's prefix, whether it is an admin, its limits. Routes read it
 with ``caller()`` and pass ``caller().scope`` to the store, which checks the tenant where the
-job is read. ``admin_only`` guards admin routes (``403`` for other keys).
+job is read. ``admin_only`` guards admin routes (``403`` for other keys); ``signed_or_keyed``
+routes (a prediction's output) also answer a URL signed with ``sig``, without a key.
 
 ``DQ_AUTH=off``: no key is asked; every caller is the admin of tenant ``default``.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 
 from api.services import services
 from jobs.errors import Forbidden, Unauthorized
@@ -28,6 +29,7 @@ from jobs.tenants import DEFAULT_TENANT, ApiKey
 
 log = logging.getLogger("dq.api")
 ADMIN_ATTR = "__dq_admin_only__"
+SIGNED_ATTR = "__dq_signed_or_keyed__"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -81,6 +83,9 @@ def authenticate() -> None:
     if not svc.settings.auth:
         g.caller = Caller(DEFAULT_TENANT, "", True, _default_limits(svc.settings))
         return
+    if _signed_instead(request.endpoint) and request.args.get("sig") and "Authorization" not in request.headers:
+        g.caller = None  # a signed URL: the view checks the signature instead of a key
+        return
     scheme, _, presented = (request.headers.get("Authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise Unauthorized(
@@ -115,6 +120,24 @@ def admin_only(view: F) -> F:
 
     setattr(guarded, ADMIN_ATTR, True)
     return guarded  # type: ignore[return-value]
+
+
+def signed_or_keyed(view: F) -> F:
+    """A route that also answers a request without a key when its URL carries ``sig`` (the view
+    checks it, and reads ``caller_or_none()``: None for such a request)."""
+    setattr(view, SIGNED_ATTR, True)
+    return view
+
+
+def _signed_instead(endpoint: str | None) -> bool:
+    view = current_app.view_functions.get(endpoint or "")
+    return bool(getattr(view, SIGNED_ATTR, False))
+
+
+def caller_or_none() -> Caller | None:
+    """The caller, or None for a signed request to a ``signed_or_keyed`` route."""
+    found: Caller | None = g.caller
+    return found
 
 
 def is_admin_only(view: Callable[..., Any]) -> bool:

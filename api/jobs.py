@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, stream_with_context
@@ -27,7 +27,7 @@ from jobs.errors import (
     TooManyRequests,
     ValidationFailed,
 )
-from jobs.events import event_seq, follow
+from jobs.events import Event, event_seq, follow
 from jobs.models import JobRequest, JobStatus
 from jobs.store import CancelOutcome, JobRecord, Owner
 from jobs.submit import PreparedJob, batch_class
@@ -194,11 +194,21 @@ def job_events(job_id: str) -> Response:
     """Server-Sent Events: the job's events — the same types and bodies as its webhooks (`data:`
     is a `JobEvent`), ``id:`` = the webhook-id — from the start (or after ``Last-Event-ID``),
     then live, until the terminal one; a finished job replays its history and the stream ends."""
-    svc = services()
     find_job(job_id)
     last = parse_headers(EventsHeaders).last_event_id or ""
-    stream = follow(svc.events, svc.hub, job_id, after=event_seq(last))
-    presign = svc.storage.presign
+    presign = services().storage.presign
+
+    def messages(event: Event) -> list[tuple[str, str]]:
+        return [(event.type, json.dumps(render_event(event.raw, presign), separators=(",", ":")))]
+
+    return event_stream(job_id, event_seq(last), messages)
+
+
+def event_stream(job_id: str, after: int, messages: Callable[[Event], list[tuple[str, str]]]) -> Response:
+    """Server-Sent Events: each of the job's events after number ``after`` as ``messages`` renders
+    it, (event, data) pairs sent with the event's id, then live ones until the terminal one."""
+    svc = services()
+    stream = follow(svc.events, svc.hub, job_id, after=after)
 
     def lines() -> Iterator[str]:
         yield "retry: 1000\n\n"
@@ -206,8 +216,8 @@ def job_events(job_id: str) -> Response:
             if event is None:
                 yield ": keep-alive\n\n"
                 continue
-            body = json.dumps(render_event(event.raw, presign), separators=(",", ":"))
-            yield f"id: {event.id}\nevent: {event.type}\ndata: {body}\n\n"
+            for kind, data in messages(event):
+                yield f"id: {event.id}\nevent: {kind}\ndata: {data}\n\n"
 
     response = Response(stream_with_context(lines()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -227,10 +237,7 @@ def job_events(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     """Queued: canceled at once (200). Running: the worker stops at its next step (202).
     Already canceled: 200 (idempotent). Succeeded or failed: 409."""
-    record = find_job(job_id)
-    outcome = services().store.cancel(job_id, record.model, tenant=caller().scope)
-    if outcome is CancelOutcome.MISSING:
-        raise JobNotFound(f"no job with id {job_id!r}")
+    outcome = request_cancel(job_id)
     if outcome in (CancelOutcome.SUCCEEDED, CancelOutcome.FAILED):
         raise InvalidTransition(f"job {job_id} already {outcome.value}; only queued or running jobs can be canceled")
     return _job_response(job_id, 202 if outcome is CancelOutcome.CANCEL_REQUESTED else 200)
@@ -333,6 +340,16 @@ def _render(record: JobRecord, position: int | None, status: int) -> Response:
     response.status_code = status
     response.headers["Location"] = f"/v1/jobs/{record.id}"
     return response
+
+
+def request_cancel(job_id: str) -> CancelOutcome:
+    """Cancel the caller's job (queued: at once; running: at its worker's next step); ``404`` for
+    no such job (or another tenant's). Finished jobs are left as they are (the outcome says so)."""
+    record = find_job(job_id)
+    outcome = services().store.cancel(job_id, record.model, tenant=caller().scope)
+    if outcome is CancelOutcome.MISSING:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return outcome
 
 
 def find_job(job_id: str) -> JobRecord:

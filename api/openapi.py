@@ -10,7 +10,7 @@ Redis). ``document(app)`` builds it once per app.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Literal
@@ -23,8 +23,9 @@ from api.auth import is_admin_only, needs_key
 from api.contract import Answer, Contract, contract_of, is_undocumented
 from api.errors import PROBLEM_MEDIA_TYPE, Problem
 from jobs.errors import Forbidden, MalformedJSON, Unauthorized, UnsupportedMediaType, ValidationFailed
+from jobs.replicate import Prediction
 from jobs.settings import Settings
-from jobs.view import EVENT_TYPES, JobEvent
+from jobs.view import JobEvent
 
 Mode = Literal["validation", "serialization"]
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -69,17 +70,26 @@ WEBHOOK_HEADERS = {
     "webhook-signature": '`v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">`, keyed with the '
     "tenant's secret (`GET /v1/webhook-secret`); two during a rotation, space-separated",
 }
+PREDICTION_WEBHOOK = "prediction"
+WEBHOOK_BODIES: dict[str, type[BaseModel]] = {PREDICTION_WEBHOOK: Prediction}  # the others: JobEvent
 WEBHOOK_EVENTS = {  # event: (summary, description)
     "job.started": ("A worker started the job", "`data.status` is `running`."),
     "job.progress": ("A denoising step", "At most one per 0.5 s; only when `webhook_events_filter` names `progress`."),
     "job.succeeded": ("The images are stored", "`data.outputs` has their presigned URLs."),
     "job.failed": ("The job failed", "`data.error` says why (`generation_error`, `timeout`, `expired`, …)."),
     "job.canceled": ("The job was canceled", "While queued, or stopped at a step while running."),
+    PREDICTION_WEBHOOK: (
+        "A prediction changed",
+        "Every webhook of a job created through the Replicate-compatible routes carries the `Prediction` as it "
+        "was at the event (`start`, `logs`, `output`, `completed` per its `webhook_events_filter`; "
+        "docs/replicate.md).",
+    ),
 }
 TAGS = [  # the order the docs page shows them in
     {"name": "jobs", "description": "Submit, read, wait for, stream, list, cancel and retry jobs"},
     {"name": "webhooks", "description": "Delivery attempts, redelivery, the signing secret"},
     {"name": "models", "description": "What each model can run, and the workers serving it"},
+    {"name": "replicate", "description": "Replicate-compatible predictions and models (docs/replicate.md)"},
     {"name": "keys", "description": "API keys (admin keys only)"},
     {"name": "health", "description": "Liveness and readiness (no key)"},
     {"name": "meta", "description": "This document and its docs page (no key)"},
@@ -122,7 +132,7 @@ def build_document(app: Flask, settings: Settings) -> dict[str, Any]:
         "info": {"title": "diffusion-queue", "version": _version(), "description": DESCRIPTION},
         "tags": _tags(ops),
         "paths": {},
-        "webhooks": {event: {"post": webhook_operation(event, schemas)} for event in EVENT_TYPES},
+        "webhooks": {event: {"post": webhook_operation(event, schemas)} for event in WEBHOOK_EVENTS},
         "components": {"schemas": schemas.components},
     }
     for op in ops:
@@ -153,7 +163,7 @@ def operations(app: Flask) -> list[Operation]:
             if op_id in ids:
                 raise MissingContract(f"operation id {op_id!r} is used twice; set operation_id= on one")
             ids.add(op_id)
-            path, params = _openapi_path(rule.rule)
+            path, params = _openapi_path(rule.rule, app.url_map.converters)
             blueprint = rule.endpoint.rpartition(".")[0] or "meta"
             found.append(
                 Operation(path, method.lower(), params, declared, is_admin_only(view), declared.tag or blueprint, op_id)
@@ -267,6 +277,7 @@ def problem_response(status: int, titles: list[str], schemas: Schemas) -> dict[s
 def webhook_operation(event: str, schemas: Schemas) -> dict[str, Any]:
     """What ``dq webhooks`` POSTs to a job's ``webhook`` URL for ``event``."""
     summary, description = WEBHOOK_EVENTS[event]
+    body = WEBHOOK_BODIES.get(event, JobEvent)
     return {
         "summary": summary,
         "description": f"`{event}`: {description} Signed per Standard Webhooks; see docs/webhooks.md.",
@@ -277,7 +288,7 @@ def webhook_operation(event: str, schemas: Schemas) -> dict[str, Any]:
         ],
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": schemas.ref(JobEvent, "serialization")}},
+            "content": {"application/json": {"schema": schemas.ref(body, "serialization")}},
         },
         "responses": {
             "2XX": {"description": "delivered"},
@@ -299,6 +310,7 @@ def _tags(ops: list[Operation]) -> list[dict[str, str]]:
 def _models(ops: list[Operation]) -> Iterator[tuple[type[BaseModel], Mode]]:
     yield Problem, "serialization"
     yield JobEvent, "serialization"
+    yield from ((body, "serialization") for body in WEBHOOK_BODIES.values())
     for op in ops:
         c = op.contract
         for model in (c.body, c.query, c.headers):
@@ -309,15 +321,25 @@ def _models(ops: list[Operation]) -> Iterator[tuple[type[BaseModel], Mode]]:
                 yield answer.body, "serialization"
 
 
-def _openapi_path(rule: str) -> tuple[str, tuple[tuple[str, dict[str, Any]], ...]]:
-    """``/v1/jobs/<job_id>`` → ``/v1/jobs/{job_id}``, and each parameter's schema from its converter."""
+def _openapi_path(rule: str, converters: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, dict[str, Any]], ...]]:
+    """``/v1/jobs/<job_id>`` → ``/v1/jobs/{job_id}``, and each parameter's schema from its converter
+    (one of the app's own that is not in ``CONVERTER_SCHEMAS``: a string matching its regex)."""
     path, params = rule, []
     while "<" in path:
         start, end = path.index("<"), path.index(">")
         converter, _, name = path[start + 1 : end].rpartition(":")
-        params.append((name, dict(CONVERTER_SCHEMAS.get(converter.partition("(")[0], {"type": "string"}))))
+        kind = converter.partition("(")[0]
+        schema = CONVERTER_SCHEMAS.get(kind) or _converter_schema(converters.get(kind))
+        params.append((name, dict(schema)))
         path = path[:start] + "{" + name + "}" + path[end + 1 :]
     return path, tuple(params)
+
+
+def _converter_schema(converter: Any) -> dict[str, Any]:
+    regex = getattr(converter, "regex", None)
+    if converter is None or regex in (None, "[^/]+"):  # the default: any path segment
+        return {"type": "string"}
+    return {"type": "string", "pattern": f"^{regex}$"}
 
 
 def _without_null(schema: dict[str, Any]) -> dict[str, Any]:

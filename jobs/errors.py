@@ -62,6 +62,18 @@ class ModelNotFound(DQError):
     slug = "not-found"
 
 
+class VersionNotFound(DQError):
+    status = 404
+    title = "Model version not found"
+    slug = "not-found"
+
+
+class OutputNotFound(DQError):
+    status = 404
+    title = "Output not found"
+    slug = "not-found"
+
+
 class DeliveryNotFound(DQError):
     status = 404
     title = "Delivery not found"
@@ -123,3 +135,9 @@ class NoWorker(DQError):
     status = 503
     title = "No worker for this model"
     slug = "no-worker"
+
+
+class StorageUnavailable(DQError):
+    status = 503
+    title = "Object storage unavailable"
+    slug = "unavailable"

@@ -35,6 +35,7 @@ class Settings:
     key_prefix: str = "dq"
     models_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "compiled")
     default_model: str = "tiny-sd"
+    model_owner: str = "dq"  # the Replicate-compatible routes address a model as <owner>/<name>
     # S3 (credentials come from boto3's standard chain: AWS_ACCESS_KEY_ID, profiles, roles)
     s3_bucket: str = "diffusion-queue"
     s3_endpoint_url: str = ""

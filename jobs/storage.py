@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +29,7 @@ from jobs.settings import Settings
 from jobs.sigv4 import Credentials, Signer
 
 log = logging.getLogger("dq.storage")
+READ_CHUNK = 64 * 1024
 
 
 def output_key(prefix: str, model: str, job_id: str, index: int, output_format: str) -> str:
@@ -129,6 +131,17 @@ class S3Storage:
     def close(self) -> None:
         """Close the upload pool (boto3's clients close their own pools when collected)."""
         self._http.clear()
+
+    def open(self, bucket: str, key: str) -> tuple[Iterator[bytes], int]:
+        """An object's bytes, streamed in chunks, and its length. Raises ``KeyError`` when it is
+        not there (expired, deleted), ``BotoCoreError`` / ``ClientError`` when S3 fails."""
+        try:
+            reply = self.client.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404"):
+                raise KeyError(key) from None
+            raise
+        return reply["Body"].iter_chunks(READ_CHUNK), int(reply["ContentLength"])
 
     def presign(self, bucket: str, key: str) -> str | None:
         """A GET URL for one output; None (logged) when signing is impossible, e.g. no credentials:

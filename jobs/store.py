@@ -133,6 +133,7 @@ class JobRecord:
     generation_seconds: float | None = None
     lease_until: float | None = None
     cancel_requested: bool = False
+    replicate: dict[str, str] | None = None  # created through the Replicate routes: how it is addressed
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:
@@ -170,6 +171,7 @@ class JobRecord:
             generation_seconds=opt_float("generation_seconds"),
             lease_until=opt_float("lease_until"),
             cancel_requested=raw.get("cancel_requested") == "1",
+            replicate=opt_json("replicate"),
         )
 
 

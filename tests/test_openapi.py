@@ -142,11 +142,12 @@ def test_query_parameters_come_from_the_validating_model(doc: dict[str, Any]) ->
 
 
 def test_webhooks_section(doc: dict[str, Any]) -> None:
-    assert list(doc["webhooks"]) == list(EVENT_TYPES)
-    for item in doc["webhooks"].values():
+    assert list(doc["webhooks"]) == [*EVENT_TYPES, "prediction"]  # a prediction's webhooks carry the prediction
+    for name, item in doc["webhooks"].items():
         op = item["post"]
         assert {p["name"] for p in op["parameters"]} == {"webhook-id", "webhook-timestamp", "webhook-signature"}
-        assert op["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/JobEvent"}
+        body = "Prediction" if name == "prediction" else "JobEvent"
+        assert op["requestBody"]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{body}"}
     event_schema = doc["components"]["schemas"]["JobEvent"]
     assert event_schema["required"] == ["type", "timestamp", "data"]
     assert event_schema["properties"]["data"] == {"$ref": "#/components/schemas/JobView"}

@@ -26,6 +26,7 @@ import urllib3
 from jobs.connections import Role, create_redis
 from jobs.keys import Keys
 from jobs.models import rfc3339
+from jobs.replicate import render_prediction_event
 from jobs.settings import Settings
 from jobs.storage import S3Storage
 from jobs.tenants import DEFAULT_TENANT, Tenants, WebhookSecret
@@ -134,9 +135,12 @@ class Sender:
         self.http.clear()
 
 
-def render_body(event: dict[str, Any], presign: Presigner | None) -> str:
-    """The event as JSON (``jobs.view.render_event``: the same body as the ``/events`` stream)."""
-    return json.dumps(render_event(event, presign), separators=(",", ":"))
+def render_body(event: dict[str, Any], presign: Presigner | None, output_secret: str | None = None) -> str:
+    """The event as JSON (``jobs.view.render_event``: the same body as the ``/events`` stream); for
+    a job created through the Replicate routes, the prediction itself, as Replicate sends it (its
+    output URLs signed with ``output_secret``, the tenant's current secret)."""
+    body = render_prediction_event(event, output_secret) or render_event(event, presign)
+    return json.dumps(body, separators=(",", ":"))
 
 
 class SecretCache:
@@ -305,14 +309,15 @@ class Deliverer:
             return reply, decide(None, attempt, self.config.schedule_s, rng=self.rng)
         except WebhookURLRefused as exc:
             return Reply(None, 0.0, f"not sent: the URL {exc}"), Decision(Outcome.REFUSED)
+        tenant = message.event.get("job", {}).get("tenant") or DEFAULT_TENANT
+        secrets = self.secrets.signing(tenant, at)
         try:
-            body = render_body(message.event, self.presign)
+            body = render_body(message.event, self.presign, secrets[0])
         except Exception as exc:  # a broken snapshot or presigner: recorded and retried, never fatal
             log.exception("job %s: cannot render event %s", message.job_id, message.msg_id)
             reply = Reply(None, 0.0, f"could not render the event: {exc}")
             return reply, decide(None, attempt, self.config.schedule_s, rng=self.rng)
-        tenant = message.event.get("job", {}).get("tenant") or DEFAULT_TENANT
-        headers = self.signer.headers(self.secrets.signing(tenant, at), message.msg_id, body, at)
+        headers = self.signer.headers(secrets, message.msg_id, body, at)
         reply = self.sender.post(target, body.encode(), headers)
         retry_after = parse_retry_after(reply.retry_after, self.clock())
         return reply, decide(reply.status, attempt, self.config.schedule_s, retry_after, self.rng)
