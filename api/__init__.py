@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
-from api import auth, deliveries, docs, errors, health, jobs, keys, models
+from api import auth, deliveries, docs, errors, health, jobs, keys, metrics, models
 from api.services import Services
 from jobs.settings import Settings
 
@@ -31,4 +31,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(keys.bp)
     deliveries.init_app(app)
     app.register_blueprint(docs.bp)
+    metrics.init_app(app)
     return app

@@ -82,6 +82,7 @@ class Settings:
     # Set for each worker process by the launcher (`dq worker`); read here, never elsewhere.
     neuron_rt_visible_cores: str = field(default="", metadata={"env": "NEURON_RT_VISIBLE_CORES"})
     cuda_visible_devices: str = field(default="", metadata={"env": "CUDA_VISIBLE_DEVICES"})
+    worker_restarts: int = 0  # how many times the launcher restarted this slot (dq_worker_restarts_total)
     # Webhooks (`dq webhooks` delivers them; the API checks URLs against the allow-list)
     webhook_allowlist: str = ""  # hosts / CIDRs permitted although private or loopback
     webhook_secret: str = ""  # whsec_<base64>: the first secret of tenant "default" (others get their own)

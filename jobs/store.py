@@ -26,6 +26,7 @@ from jobs.connections import as_text
 from jobs.keys import Keys
 from jobs.lua import BoundScript
 from jobs.models import JobStatus
+from jobs.stats import job_outcome
 from jobs.transport import TOKENS, work_message
 
 ANY_TENANT = "*"  # the scope of admins, workers and the reconciler (never a tenant's name)
@@ -562,6 +563,7 @@ class JobStore:
             **self._indexes(JobStatus.RUNNING),
             **self._indexes(JobStatus.FAILED),
             "active": self.keys.active(),
+            "stats": self.keys.stats(model),
             **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
@@ -602,17 +604,25 @@ class JobStore:
         return int(self._scripts["renew"]({"job": self.keys.job(job_id)}, args)) == 1
 
     def succeed(
-        self, job_id: str, model: str, attempt: int, outputs: list[dict[str, Any]], *, generation_seconds: float
+        self,
+        job_id: str,
+        model: str,
+        attempt: int,
+        outputs: list[dict[str, Any]],
+        *,
+        generation_seconds: float,
+        storage_seconds: float | None = None,
     ) -> bool:
         """running → succeeded with ``outputs``, only for the attempt that holds the job; its
-        generation time joins the model's moving average (wait estimates, ETAs)."""
+        generation time joins the model's moving average (wait estimates, ETAs), and both times
+        the model's histograms (``storage_seconds``: encode and upload)."""
         return self._transition(
             job_id,
             model,
             attempt,
             JobStatus.RUNNING,
             JobStatus.SUCCEEDED,
-            generation_s=generation_seconds,
+            Timings(generation_seconds, storage_seconds),
             outputs=_dumps(outputs),
             generation_seconds=repr(generation_seconds),
         )
@@ -620,12 +630,14 @@ class JobStore:
     def fail(self, job_id: str, model: str, attempt: int | None, error_type: str, message: str) -> bool:
         """running → failed (``attempt=None``: whichever attempt runs it, e.g. a timeout)."""
         error = _dumps({"type": error_type, "message": message[:2000]})
-        return self._transition(job_id, model, attempt, JobStatus.RUNNING, JobStatus.FAILED, error=error)
+        timings = Timings(error_type=error_type)
+        return self._transition(job_id, model, attempt, JobStatus.RUNNING, JobStatus.FAILED, timings, error=error)
 
     def fail_queued(self, job_id: str, model: str, error_type: str, message: str) -> bool:
         """queued → failed (e.g. it waited longer than its TTL)."""
         error = _dumps({"type": error_type, "message": message[:2000]})
-        return self._transition(job_id, model, None, JobStatus.QUEUED, JobStatus.FAILED, error=error)
+        timings = Timings(error_type=error_type)
+        return self._transition(job_id, model, None, JobStatus.QUEUED, JobStatus.FAILED, timings, error=error)
 
     def cancel_running(self, job_id: str, model: str, attempt: int) -> bool:
         """running → canceled by the attempt that stopped at a cancel request."""
@@ -644,6 +656,7 @@ class JobStore:
             **self._indexes(JobStatus.QUEUED),
             **self._indexes(JobStatus.CANCELED),
             "active": self.keys.active(),
+            "stats": self.keys.stats(model),
             **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
@@ -687,6 +700,7 @@ class JobStore:
             **self._indexes(JobStatus.QUEUED),
             **self._indexes(JobStatus.CANCELED),
             "active": self.keys.active(),
+            "stats": self.keys.stats(model),
             **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
@@ -706,7 +720,7 @@ class JobStore:
         attempt: int | None,
         source: JobStatus,
         target: JobStatus,
-        generation_s: float | None = None,
+        timings: Timings | None = None,
         **values: str,
     ) -> bool:
         """``source`` → ``target`` with ``values``; False when the job was not in ``source`` (or
@@ -717,20 +731,37 @@ class JobStore:
             **self._indexes(target, "to_index"),
             "active": self.keys.active(),
             "model": self.keys.model(model),
+            "stats": self.keys.stats(model),
             **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
+        timings = timings or Timings()
         args = {
             "attempt": "" if attempt is None else attempt,
             "source": source.value,
             "target": target.value,
             "now": time.time(),
             "retention_s": self.retention_s,
-            "generation_s": "" if generation_s is None else float(generation_s),
+            "generation_s": _optional(timings.generation_s),
+            "storage_s": _optional(timings.storage_s),
+            "outcome": job_outcome(target.value, timings.error_type),
             **self._channels(),
         }
         varargs = [item for pair in values.items() for item in pair]
         return int(self._scripts["finish"](keys, args, varargs)) == 1
+
+
+@dataclass(frozen=True)
+class Timings:
+    """What a terminal transition counts besides its state: phase times and the error type."""
+
+    generation_s: float | None = None
+    storage_s: float | None = None
+    error_type: str = ""
+
+
+def _optional(seconds: float | None) -> str | float:
+    return "" if seconds is None else float(seconds)
 
 
 def _job_fields(job: NewJob, model: str, owner: Owner, created_at: float) -> dict[str, str]:
