@@ -15,7 +15,17 @@ from typing import Any
 
 from bench.harness import ROOT, machine
 
-SCENARIOS = ["overhead", "duty_cycle", "api_capacity", "auth_cost", "scheduling", "fleet", "throughput", "cold_start"]  # and peers, waiters (run by name)
+SCENARIOS = [  # and peers, waiters (run by name)
+    "overhead",
+    "duty_cycle",
+    "api_capacity",
+    "auth_cost",
+    "scheduling",
+    "fleet",
+    "throughput",
+    "cold_start",
+    "eta",
+]
 
 
 def main(argv: list[str]) -> int:

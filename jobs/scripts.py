@@ -455,9 +455,12 @@ if A.source == 'queued' then
 end
 move(job, K.from_index, K.from_index_by_tenant, K.to_index, K.to_index_by_tenant)
 release(job)
-if A.generation_s ~= '' then  -- the model's recent generation time (moving average), for wait estimates
-  local ewma = tonumber(redis.call('HGET', K.model, 'gen_ewma_s') or A.generation_s)
-  redis.call('HSET', K.model, 'gen_ewma_s', tostring(0.8 * ewma + 0.2 * tonumber(A.generation_s)))
+if A.generation_s ~= '' then  -- the model's recent generation and storage times (moving averages): ETAs
+  local ewma = redis.call('HMGET', K.model, 'gen_ewma_s', 'store_ewma_s')
+  local gen = tonumber(ewma[1] or A.generation_s)
+  local store = tonumber(ewma[2] or A.storage_s) or 0
+  redis.call('HSET', K.model, 'gen_ewma_s', tostring(0.8 * gen + 0.2 * tonumber(A.generation_s)),
+    'store_ewma_s', tostring(0.8 * store + 0.2 * (tonumber(A.storage_s) or store)))
 end
 emit(job, 'job.' .. A.target, A.now)
 retain(job, A.retention_s)
