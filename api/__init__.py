@@ -7,6 +7,7 @@ from werkzeug.routing import BaseConverter
 
 from api import auth, deliveries, docs, errors, health, jobs, keys, metrics, models
 from api.services import Services
+from jobs.logs import configure_logging
 from jobs.settings import Settings
 
 
@@ -18,6 +19,7 @@ class JobIdConverter(BaseConverter):
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
+    configure_logging(settings)  # under gunicorn, the job transitions this process makes (DQ_LOG_FORMAT)
     app = Flask(__name__)
     app.url_map.converters["jobid"] = JobIdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

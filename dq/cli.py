@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from dq.client import ApiError, Client, print_json
+from jobs.logs import configure_logging
 from jobs.settings import Settings
 
 SEED_PROMPT = (
@@ -21,7 +21,7 @@ SEED_PROMPT = (
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(Settings.from_env())  # DQ_LOG_FORMAT: text or json
     try:
         result: int = args.func(args)
         return result

@@ -364,8 +364,9 @@ redis.call('HSET', K.job, 'status', 'running', 'attempts', attempts, 'worker', A
   'started_at', A.now, 'lease_until', A.lease_until, 'progress_step', 0)
 move(job, K.queued, K.queued_by_tenant, K.running, K.running_by_tenant)
 emit(job, 'job.started', A.now)
-observe(K.stats, 'queue_wait', tonumber(A.now) - tonumber(job.enqueued_at or job.created_at or A.now))
-return {'started', tostring(attempts), job.input}
+local waited = tonumber(A.now) - tonumber(job.enqueued_at or job.created_at or A.now)
+observe(K.stats, 'queue_wait', waited)
+return {'started', tostring(attempts), job.input, job.tenant, tostring(waited)}
 """,
 )
 
@@ -442,7 +443,9 @@ FINISH = Script(
     varargs="field, value, … to set (outputs, error, generation_seconds)",
     prelude=PRELUDE,
     body=r"""
-local job = fetch('status', 'attempts', 'progress_step', 'progress_total', 'created_at')
+-- Answers 0 (not in `source`, or another attempt holds it) or {1, tenant, worker, created_at,
+-- started_at} (for the transition's log line).
+local job = fetch('status', 'attempts', 'progress_step', 'progress_total', 'created_at', 'worker', 'started_at')
 if job.status ~= A.source then return 0 end
 if A.attempt ~= '' and job.attempts ~= A.attempt then return 0 end
 -- A succeeded job's progress reads total/total (workers don't write the last step).
@@ -470,7 +473,7 @@ if A.target == 'succeeded' then
   observe(K.stats, 'storage', tonumber(A.storage_s))
   observe(K.stats, 'end_to_end', tonumber(A.now) - tonumber(job.created_at or A.now))
 end
-return 1
+return {1, job.tenant, job.worker or '', job.created_at or '', job.started_at or ''}
 """,
 )
 

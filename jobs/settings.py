@@ -33,6 +33,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     api_url: str = "http://127.0.0.1:8000"  # where the `dq` client commands find the API
     key_prefix: str = "dq"
+    log_format: str = "text"  # or "json": one JSON object per line (jobs/logs.py)
     models_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "compiled")
     default_model: str = "tiny-sd"
     # S3 (credentials come from boto3's standard chain: AWS_ACCESS_KEY_ID, profiles, roles)

@@ -24,6 +24,7 @@ import redis
 from jobs import scripts
 from jobs.connections import as_text
 from jobs.keys import Keys
+from jobs.logs import log_transition
 from jobs.lua import BoundScript
 from jobs.models import JobStatus
 from jobs.stats import job_outcome
@@ -376,6 +377,15 @@ class JobStore:
             if outcome is CreateOutcome.CREATED:
                 record = JobRecord.from_hash({**fields, "seq": as_text(item[1])})
                 result = CreateResult(outcome, job.id, request_hash, record, int(item[2]), tokens=None, active=active)
+                log_transition(
+                    "created",
+                    job.id,
+                    model,
+                    tenant=owner.tenant,
+                    key=owner.key,
+                    priority=job.priority,
+                    position=item[2],
+                )
             else:
                 result = CreateResult(outcome, retry_after_s=float(as_text(item[1])))
             results.append(replace(result, tokens=tokens if tokens >= 0 else None))
@@ -576,8 +586,16 @@ class JobStore:
             **self._channels(),
         }
         reply = self._scripts["start"](keys, args)
+        outcome = ClaimOutcome(as_text(reply[0]))
+        if outcome is ClaimOutcome.STARTED:
+            tenant, waited = as_text(reply[3]), float(as_text(reply[4]))
+            log_transition(
+                "started", job_id, model, worker=worker, tenant=tenant, attempt=int(reply[1]), queue_s=waited
+            )
+        elif outcome is ClaimOutcome.MAX_ATTEMPTS:
+            log_transition("failed", job_id, model, worker=worker, error="max_attempts", attempts=int(reply[1]))
         job_input = json.loads(as_text(reply[2])) if len(reply) > 2 else None
-        return StartResult(ClaimOutcome(as_text(reply[0])), int(reply[1]), job_input)
+        return StartResult(outcome, int(reply[1]), job_input)
 
     def progress(self, job_id: str, attempt: int, step: int, *, lease_s: float) -> ProgressAnswer:
         """Record a denoising step and renew the lease.
@@ -667,7 +685,10 @@ class JobStore:
             "cancel_channel": self.keys.cancel_channel(),
             **self._channels(),
         }
-        return CancelOutcome(as_text(self._scripts["cancel"](keys, args)))
+        outcome = CancelOutcome(as_text(self._scripts["cancel"](keys, args)))
+        if outcome in (CancelOutcome.CANCELED, CancelOutcome.CANCEL_REQUESTED):
+            log_transition(outcome.value, job_id, model, tenant=None if tenant == ANY_TENANT else tenant)
+        return outcome
 
     def link_retry(self, original_id: str, retry_id: str) -> None:
         """Record on the original job which job retried it (the retry records ``retry_of``)."""
@@ -711,7 +732,11 @@ class JobStore:
             "attempt": "" if attempt is None else attempt,
             **self._channels(),
         }
-        return RequeueOutcome(as_text(self._scripts["requeue"](keys, args)))
+        outcome = RequeueOutcome(as_text(self._scripts["requeue"](keys, args)))
+        if outcome is not RequeueOutcome.HELD:
+            reason = "lease expired" if attempt is None else "given back"
+            log_transition(outcome.value, job_id, model, attempt=attempt, reason=reason)
+        return outcome
 
     def _transition(
         self,
@@ -748,7 +773,24 @@ class JobStore:
             **self._channels(),
         }
         varargs = [item for pair in values.items() for item in pair]
-        return int(self._scripts["finish"](keys, args, varargs)) == 1
+        reply = self._scripts["finish"](keys, args, varargs)
+        if not isinstance(reply, list):
+            return False
+        tenant, worker, created, started = (as_text(part) for part in reply[1:5])
+        now = float(args["now"])
+        log_transition(
+            target.value,
+            job_id,
+            model,
+            worker=worker,
+            tenant=tenant,
+            error=timings.error_type,
+            generation_s=timings.generation_s,
+            storage_s=timings.storage_s,
+            run_s=now - float(started) if started else None,
+            total_s=now - float(created) if created else None,
+        )
+        return True
 
 
 @dataclass(frozen=True)
