@@ -25,6 +25,7 @@ SCENARIOS = [  # and peers, waiters (run by name)
     "throughput",
     "cold_start",
     "eta",
+    "load_step",
 ]
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list models, their shapes and workers")
     _api_arg(models)
     models.set_defaults(func=cmd_models)
+
+    metrics = sub.add_parser(
+        "metrics", help="the scaling signal per model (straight from Redis: DQ_REDIS_URL); --cloudwatch for AWS"
+    )
+    metrics.add_argument("--cloudwatch", action="store_true", help="print the CloudWatch PutMetricData calls")
+    metrics.add_argument("--publish", action="store_true", help="with --cloudwatch: send them (boto3's credentials)")
+    metrics.add_argument("--namespace", default="DiffusionQueue", help="CloudWatch namespace")
+    metrics.add_argument("--interval", type=float, default=0.0, help="repeat every N seconds (0: once)")
+    metrics.set_defaults(func=cmd_metrics)
 
     keys = sub.add_parser("keys", help="API keys (straight in Redis: DQ_REDIS_URL)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -387,6 +398,37 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     print_json(_client(args).models())
     return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Read the fleet once (or every ``--interval`` s) and print (or publish) its figures."""
+    from jobs.capabilities import ModelCatalog
+    from jobs.cloudwatch import publish, put_metric_data_calls
+    from jobs.connections import as_text, create_redis
+    from jobs.keys import Keys
+    from jobs.metrics import read_fleet, scaling_figures
+
+    settings = Settings.from_env()
+    client, keys = create_redis(settings), Keys(settings.key_prefix)
+    cloudwatch = None
+    if args.publish:
+        import boto3
+
+        cloudwatch = boto3.client("cloudwatch")
+    while True:
+        models = [m.name for m in ModelCatalog(settings.models_dir).all()]
+        models += [as_text(m) for m in client.smembers(keys.models())]  # type: ignore[union-attr]
+        snapshot = read_fleet(client, keys, models, time.time())
+        if not args.cloudwatch:
+            print_json(scaling_figures(snapshot))
+        else:
+            calls = put_metric_data_calls(snapshot, args.namespace)
+            if cloudwatch is not None:
+                publish(calls, cloudwatch)
+            print(json.dumps(calls, default=lambda at: at.isoformat(), indent=2), flush=True)
+        if args.interval <= 0:
+            return 0
+        time.sleep(args.interval)
 
 
 def _key_store() -> Any:

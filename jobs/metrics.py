@@ -97,6 +97,21 @@ def model_duty_cycle(workers: list[WorkerInfo]) -> float:
     return sum(w.duty_cycle for w in serving) / len(serving) if serving else 0.0
 
 
+def scaling_figures(snapshot: FleetSnapshot) -> dict[str, dict[str, float]]:
+    """Per model, the figures to scale on (``dq metrics``)."""
+    figures = {}
+    for model in snapshot.models:
+        serving = sum(1 for w in snapshot.workers if w.model == model.name and w.state in SERVING_STATES)
+        age = snapshot.now - model.oldest_queued_at if model.oldest_queued_at is not None else 0.0
+        figures[model.name] = {
+            "queue_depth": model.queue_depth,
+            "ready_workers": serving,
+            "backlog_per_ready_worker": backlog_per_ready_worker(model.queue_depth, serving),
+            "oldest_queued_age_seconds": round(max(age, 0.0), 3),
+        }
+    return figures
+
+
 def fleet_families(snapshot: FleetSnapshot) -> Iterator[Metric]:
     """The metric families of one scrape (plain data in, metric families out)."""
     yield from _queue_families(snapshot)
