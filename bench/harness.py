@@ -85,12 +85,16 @@ class Receiver:
         self.thread.start()
 
     def wait_terminal(self, job_id: str, timeout_s: float = 60) -> float:
+        return self.wait_end(job_id, timeout_s)[0]
+
+    def wait_end(self, job_id: str, timeout_s: float = 60) -> tuple[float, str]:
+        """(arrival time, event type) of the job's terminal webhook."""
         deadline = time.monotonic() + timeout_s
         with self.cond:
             while True:
                 for at, kind in self.arrivals.get(job_id, []):
                     if kind in ("job.succeeded", "job.failed", "job.canceled"):
-                        return at
+                        return at, kind
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"no terminal webhook for {job_id}")
@@ -137,9 +141,9 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def start_api(self, workers: int = 2, app: str = "api:create_app()") -> str:
+    def start_api(self, workers: int = 2, app: str = "api:create_app()", **env: str) -> str:
         port = free_port()
-        self.spawn("api", api_command(f"127.0.0.1:{port}", workers, app))
+        self.spawn("api", api_command(f"127.0.0.1:{port}", workers, app), **env)
         url = f"http://127.0.0.1:{port}"
         http = urllib3.PoolManager(retries=False)
         wait_until(lambda: http.request("GET", url + "/healthz", timeout=1).status == 200, 30, "api")

@@ -2,12 +2,17 @@
 
 python -m bench.run                      # all scenarios (a few minutes)
 python -m bench.run overhead duty_cycle  # some
+python -m bench.run --keep peers         # also keep the raw JSON in docs/bench-results/ (quoted runs)
+
+Every result file names the host's CPU model, the commit (and whether the tree had changes)
+and the command.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -15,8 +20,10 @@ from typing import Any
 
 from bench.harness import ROOT, machine
 
-SCENARIOS = [  # and peers, waiters (run by name)
+# `make bench` runs these; peers, waiters (and others) run by name
+SCENARIOS = [
     "overhead",
+    "phases",
     "duty_cycle",
     "api_capacity",
     "auth_cost",
@@ -29,10 +36,20 @@ SCENARIOS = [  # and peers, waiters (run by name)
 ]
 
 
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def main(argv: list[str]) -> int:
-    chosen = argv or SCENARIOS
+    keep = "--keep" in argv
+    chosen = [a for a in argv if a != "--keep"] or SCENARIOS
     results: dict[str, Any] = {
         "machine": machine(),
+        "commit": commit(),
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m bench.run " + " ".join(argv),
     }
@@ -43,11 +60,12 @@ def main(argv: list[str]) -> int:
         results[name] = module.run()
         results[name]["bench_seconds"] = round(time.monotonic() - started, 1)
         print(json.dumps(results[name], indent=2), flush=True)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"saved {path}", file=sys.stderr)
+    stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    for out in [ROOT / "bench" / "results"] + ([ROOT / "docs" / "bench-results"] if keep else []):
+        out.mkdir(exist_ok=True)
+        path = out / f"{stamp}-{'-'.join(chosen) if len(chosen) <= 3 else 'all'}.json"
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"saved {path}", file=sys.stderr)
     return 0
 
 

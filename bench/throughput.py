@@ -21,10 +21,10 @@ def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers:
         # Each client waits for its job's end: it subscribes to the terminal events only.
         terminal = ["succeeded", "failed", "canceled"]
         body = {"prompt": "noop", "num_inference_steps": 1, "webhook": receiver.url, "webhook_events_filter": terminal}
-        latencies: list[float] = []
+        latencies: list[float] = []  # succeeded jobs whose webhook arrived inside the window
         lock = threading.Lock()
         stop = threading.Event()
-        errors: list[str] = []
+        errors: list[str] = []  # any other end: an error, a failed or canceled job
 
         def client_loop() -> None:
             http = s.http(maxsize=2)
@@ -32,12 +32,16 @@ def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers:
                 started = time.perf_counter()
                 try:
                     job = post_json(http, api + "/v1/jobs", body)
-                    receiver.wait_terminal(job["id"], timeout_s=30)
+                    _, kind = receiver.wait_end(job["id"], timeout_s=30)
                 except Exception as exc:  # recorded, not fatal
                     errors.append(repr(exc))
                     continue
+                if kind != "job.succeeded":
+                    errors.append(f"{job['id']}: {kind}")
+                    continue
                 with lock:
-                    latencies.append(time.perf_counter() - started)
+                    if not stop.is_set():
+                        latencies.append(time.perf_counter() - started)
 
         for _ in range(20):  # warm-up
             receiver.wait_terminal(post_json(s.http(), api + "/v1/jobs", body)["id"])
@@ -70,7 +74,9 @@ def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers:
         "jobs": done,
         "jobs_per_s": round(done / elapsed, 1),
         "latency": summary_ms(latencies),
-        "errors": errors[:5],
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "valid": not errors,
         "cpu_ms_per_job": {
             **{k: round((cpu1[k] - cpu0[k]) / done * 1000, 2) for k in cpu0},
             "clients+receiver": round((own1 - own0) / done * 1000, 2),

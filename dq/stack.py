@@ -109,9 +109,10 @@ class LocalStack:
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         http = urllib3.PoolManager(retries=False)
+        headers = {"Authorization": f"Bearer {self.settings.api_key}"} if self.settings.api_key else {}
 
         def ready() -> bool:
-            reply = http.request("GET", self.api_url + "/v1/workers", timeout=2)
+            reply = http.request("GET", self.api_url + "/v1/workers", headers=headers, timeout=2)
             states = [w["state"] for w in reply.json()["data"]]
             return states.count("ready") + states.count("busy") >= (self.workers or 1)
 

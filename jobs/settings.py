@@ -80,6 +80,7 @@ class Settings:
     priority_aging_s: float = 600.0  # a pending job moves up a priority band after waiting this long
     batch_wait_ms: float = 50.0  # a worker waits this long for compatible jobs to fill a static batch
     pick_timeout_s: float = 30.0  # a job picked but never started (its worker died) goes back after this
+    drain_idle_s: float = 1.0  # a worker out of jobs listens this long for the next one before returning to Celery
     # Set for each worker process by the launcher (`dq worker`); read here, never elsewhere.
     neuron_rt_visible_cores: str = field(default="", metadata={"env": "NEURON_RT_VISIBLE_CORES"})
     cuda_visible_devices: str = field(default="", metadata={"env": "CUDA_VISIBLE_DEVICES"})

@@ -534,6 +534,13 @@ class JobStore:
                 promoted.append(job_id)
         return promoted
 
+    def await_token(self, model: str, timeout_s: float) -> bool:
+        """Block up to ``timeout_s`` for a wake-up token on ``model``'s queue and take it (True),
+        without a Celery round: a draining worker that ran out of jobs keeps listening a while,
+        so the next job of a sequence starts at once. A token taken by a worker that then dies
+        is restored by the reconciler, like one lost in Celery."""
+        return self.redis.brpop([self.keys.scheduling(model)["broker"]], timeout=timeout_s) is not None
+
     def wake(self, model: str) -> bool:
         """A token in ``model``'s queue if jobs are pending and none waits (False: paused)."""
         keys = {"model": self.keys.model(model), **self.keys.scheduling(model)}

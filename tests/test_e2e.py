@@ -7,6 +7,7 @@ import hashlib
 import io
 import time
 
+import numpy as np
 import pytest
 import urllib3
 from flask.testing import FlaskClient
@@ -57,8 +58,11 @@ def test_same_seed_gives_identical_bytes_and_images_have_own_seeds(
     a = [download(o["url"]) for o in first["outputs"]]
     b = [download(o["url"]) for o in second["outputs"]]
     assert a == b and a[0] != a[1]
-    # image 1 of the seed-1234 job was generated from seed 1235: reproducible on its own
-    assert download(other["outputs"][0]["url"]) == a[1]
+    # image 1 of the seed-1234 job was generated from seed 1235: the same image on its own, up
+    # to float rounding (a batch of 2 and a batch of 1 may take different CPU kernels)
+    alone = np.asarray(Image.open(io.BytesIO(download(other["outputs"][0]["url"]))), dtype=np.int16)
+    in_batch = np.asarray(Image.open(io.BytesIO(a[1])), dtype=np.int16)
+    assert np.abs(alone - in_batch).max() <= 2
 
 
 def test_pipeline_that_raises_fails_the_job_with_its_message(client: FlaskClient, start_worker: WorkerFactory) -> None:

@@ -155,9 +155,13 @@ def test_sigkill_workers_mid_generation(stack: FaultStack) -> None:
     started = time.monotonic()
     for _ in range(3):  # kill the worker while it is generating, three times across the backlog
 
-        def generating() -> bool:
+        def generating() -> bool:  # a job not killed before: each victim must get its retry
             running = [i.decode() for i in r.zrange("dq:jobs:running", 0, -1)]
-            return bool(running) and int(r.hget(f"dq:job:{running[0]}", "progress_step") or 0) >= 1
+            return (
+                bool(running)
+                and running[0] not in killed
+                and int(r.hget(f"dq:job:{running[0]}", "progress_step") or 0) >= 1
+            )
 
         wait_until(generating, 60, "a job mid-generation")
         victim = r.zrange("dq:jobs:running", 0, -1)[0].decode()

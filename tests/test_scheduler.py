@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from PIL import Image, ImageChops
 
 from dq.procs import Service, wait_until
+from jobs.keys import celery_queue
 from jobs.store import ANY_TENANT, JobStore, Limits, NewJob, Owner
 from jobs.submit import new_job_id
 from tests.conftest import BUCKET, WorkerFactory
@@ -273,3 +274,23 @@ def test_aging_reaches_the_top_band(redis_client: redis.Redis) -> None:
     assert pick_order(store, 3) == [aged, *high]
     later = add(store, "c", 1, "high")
     assert pick_order(store, 1) == later  # the band's clock went on normally after the promoted job
+
+
+def test_a_worker_out_of_jobs_listens_a_while_before_returning_to_celery(
+    client: FlaskClient, start_worker: WorkerFactory, redis_client: redis.Redis
+) -> None:
+    """``DQ_DRAIN_IDLE_S``: the token that woke the worker stays unacknowledged (its Celery task
+    still runs) while it waits for more; a job arriving meanwhile runs under the same token."""
+    start_worker(DQ_DRAIN_IDLE_S="4")
+
+    def held() -> set[bytes]:
+        return set(redis_client.hkeys("unacked"))  # kombu's messages delivered, not yet acked
+
+    first = wait_for(client, submit(client, num_inference_steps=2)["id"])
+    assert first["status"] == "succeeded"
+    token = held()
+    assert len(token) == 1  # still draining: listening for the next token
+    second = wait_for(client, submit(client, num_inference_steps=2)["id"])
+    assert second["status"] == "succeeded" and held() == token  # no new Celery delivery
+    wait_until(lambda: not held(), 15, "the drain to end and ack its token")
+    assert redis_client.llen(celery_queue("tiny-sd")) == 0

@@ -3,18 +3,23 @@ errors are told apart (retry 5xx, not 4xx), presigned GETs serve the bytes."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import http.client
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import urllib3
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
 
 from dq.procs import Service
 from jobs.settings import Settings
+from jobs.sigv4 import Credentials, Signer
 from jobs.storage import S3Storage, UploadFailed, output_key
 
 
@@ -101,3 +106,46 @@ def test_an_s3_5xx_is_retried_until_the_upload_lands(s3_settings: Settings, s3_s
         assert body == b"\x89PNG after three 5xx"
     finally:
         front.close()
+
+
+def _botocore_time(stamp: str) -> datetime.datetime:
+    return datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+
+
+@pytest.mark.parametrize("token", [None, "session/token+="])
+def test_the_signer_agrees_with_botocore_on_presigned_gets_and_puts(token: str | None) -> None:
+    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    frozen = ReadOnlyCredentials(creds.access_key, creds.secret_key, token)
+    signer = Signer("eu-west-1")
+    url = "http://127.0.0.1:8333/dq-outputs/outputs/tiny-sd/" + quote("job a+b") + "/0.png"
+
+    theirs = AWSRequest(method="GET", url=url)
+    S3SigV4QueryAuth(frozen, "s3", "eu-west-1", expires=900).add_auth(theirs)
+    stamp = parse_qs(urlsplit(theirs.url).query)["X-Amz-Date"][0]
+    ours = signer.presign_get(creds, url, 900, now=_botocore_time(stamp))
+    assert parse_qs(urlsplit(ours).query) == parse_qs(urlsplit(theirs.url).query)
+    assert urlsplit(ours).path == urlsplit(theirs.url).path
+
+    body = b"\x89PNG not really"
+    digest = hashlib.sha256(body).hexdigest()
+    sent = {"Content-Type": "image/png", "x-amz-meta-job-id": "job a", "x-amz-meta-seed": " 42  7 "}
+    put = AWSRequest(method="PUT", url=url, data=body, headers={"X-Amz-Content-SHA256": digest, **sent})
+    S3SigV4Auth(frozen, "s3", "eu-west-1").add_auth(put)
+    headers = signer.put_headers(creds, url, digest, sent, now=_botocore_time(put.headers["X-Amz-Date"]))
+    assert headers["Authorization"] == put.headers["Authorization"]
+    assert headers.get("x-amz-security-token") == token
+
+
+def test_seaweedfs_refuses_a_put_signed_with_the_wrong_secret(s3_settings: Settings, s3_service: Service) -> None:
+    storage = S3Storage(s3_settings)
+    right = storage._frozen()
+    storage._frozen = lambda: Credentials(right.access_key, "not-the-secret")  # type: ignore[method-assign]
+    with pytest.raises(UploadFailed) as refused:
+        storage._put_object("outputs/x/forged/0.png", b"x", hashlib.sha256(b"x").hexdigest(), "image/png", {})
+    assert refused.value.status == 403
+    storage._frozen = lambda: right  # type: ignore[method-assign]
+    storage._put_object("outputs/x/signed/0.png", b"x", hashlib.sha256(b"x").hexdigest(), "image/png", {})
+    url = storage.presign(s3_settings.s3_bucket, "outputs/x/signed/0.png")
+    assert url is not None and urllib3.PoolManager().request("GET", url).data == b"x"
+    forged = url.replace(parse_qs(urlsplit(url).query)["X-Amz-Signature"][0], "0" * 64)
+    assert urllib3.PoolManager().request("GET", forged).status == 403

@@ -10,6 +10,7 @@ again (no DNS rebinding between the check and the connection).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ class Allowlist:
     networks: tuple[IPNetwork, ...] = ()
 
     @classmethod
+    @functools.lru_cache(maxsize=8)  # parsed once per setting, not per submit
     def parse(cls, raw: str) -> Allowlist:
         """``"127.0.0.1, hooks.internal, 10.0.0.0/8, ::1"``: CIDRs (a bare IP is a /32 or /128) or hostnames."""
         hosts: set[str] = set()
@@ -71,6 +73,7 @@ class Allowlist:
         return any(a in net for a in candidates for net in self.networks if a.version == net.version)
 
 
+@functools.lru_cache(maxsize=1024)  # ipaddress's is_private & co. scan tables: ~20 µs per address
 def address_problem(address: IPAddress) -> str | None:
     """Why an address is internal ('loopback', 'private', …), or None for a public one."""
     for embedded in _embedded_ipv4(address):

@@ -197,6 +197,7 @@ class Worker:
                     batch_max=batch_size(self.model, backend),
                     batch_wait_s=self.settings.batch_wait_ms / 1000,
                     pick_timeout_s=self.settings.pick_timeout_s,
+                    idle_s=self.settings.drain_idle_s,
                 ),
                 self.info,
                 self.in_flight,

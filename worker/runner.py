@@ -71,6 +71,7 @@ class RunnerConfig:
     batch_max: int = 1  # jobs per pipeline call: the model's static batch (1: no batching)
     batch_wait_s: float = 0.05  # how long a partial batch waits for compatible jobs
     pick_timeout_s: float = 30.0
+    idle_s: float = 0.0  # out of jobs: wait this long for the next token before returning
 
     def stall_after_s(self, job_input: dict[str, Any]) -> float:
         """How long this job's generation may go without a step before it counts as stalled:
@@ -230,16 +231,21 @@ class Runner:
         self.activity = activity or Activity()  # busy time and duty cycle, published by the heartbeat
 
     def drain(self, model: str) -> None:
-        """Run the model's jobs, as the scheduler hands them out, until none is pending."""
+        """Run the model's jobs, as the scheduler hands them out, until none is pending and no
+        wake-up token came for ``idle_s``."""
         while not self.stopping.is_set():
             picked = self.store.pick(model, batch_max=self.config.batch_max, pick_timeout_s=self.config.pick_timeout_s)
             if not picked.ids:
-                return
+                if self.config.idle_s > 0 and self.store.await_token(model, self.config.idle_s):
+                    continue
+                break
             members = self._start(model, picked.ids)
             if members and len(members) < self.config.batch_max:
                 members += self._fill(model, members[0])
             if members:
                 self.run(model, members, more_waiting=picked.pending > 0)
+        if self.stopping.is_set():
+            self.store.wake(model)  # a token taken while stopping goes back for another worker
 
     def _start(self, model: str, job_ids: list[str]) -> list[Member]:
         """queued → running for each picked job (one canceled meanwhile is skipped)."""
