@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
@@ -19,7 +21,8 @@ class JobIdConverter(BaseConverter):
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    configure_logging(settings)  # under gunicorn, the job transitions this process makes (DQ_LOG_FORMAT)
+    # Under gunicorn: our lines (the job transitions this process makes) and others' warnings.
+    configure_logging(settings, logging.WARNING)
     app = Flask(__name__)
     app.url_map.converters["jobid"] = JobIdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

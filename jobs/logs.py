@@ -44,8 +44,9 @@ def formatter(log_format: str) -> logging.Formatter:
 
 
 def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
-    """Give the root logger one stderr handler in the configured format, unless it has one
-    already (a host application's, gunicorn's or pytest's configuration wins)."""
+    """Give the root logger one stderr handler in the configured format at ``level``, and ours
+    (``dq.*``) INFO at least, unless the root has a handler already (a host application's or
+    pytest's configuration wins)."""
     root = logging.getLogger()
     if root.handlers:
         return
@@ -53,6 +54,7 @@ def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
     handler.setFormatter(formatter(settings.log_format))
     root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("dq").setLevel(min(level, logging.INFO))
 
 
 def log_transition(event: str, job_id: str, model: str, **fields: Any) -> None:
