@@ -83,13 +83,22 @@ def test_dq_up_serves_the_client_commands_and_stops_clean(tmp_path: Path, models
         # /metrics under gunicorn (two worker processes, multiprocess mode): the requests of both
         # summed, and the fleet from Redis
         key = (tmp_path / ".dq-api-key").read_text().strip()
-        request = urllib.request.Request(f"{api}/metrics", headers={"Authorization": f"Bearer {key}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            scraped = {
-                (s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(response.read().decode())
-                for s in family.samples
-            }
+
+        def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            request = urllib.request.Request(f"{api}/metrics", headers={"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(response.read().decode())
+                    for s in family.samples
+                }
+
+        for _ in range(8):  # a new connection each: either gunicorn worker may answer
+            urllib.request.urlopen(f"{api}/openapi.json", timeout=10).close()
+        document = ("dq_http_requests_total", (("method", "GET"), ("route", "/openapi.json"), ("status", "200")))
+        for _ in range(4):  # whichever worker answers the scrape counts every worker's requests
+            scraped = scrape()
+            assert scraped[document] == 8
         submitted = (("method", "POST"), ("route", "/v1/jobs"), ("status", "202"))
         assert scraped[("dq_http_requests_total", submitted)] == 1
         finished = (("error_type", ""), ("model", "tiny-sd"), ("outcome", "succeeded"))
