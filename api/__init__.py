@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
-from api import auth, console, deliveries, docs, errors, health, jobs, keys, models, replicate
+from api import auth, console, deliveries, docs, errors, health, jobs, keys, metrics, models, replicate
 from api.services import Services
+from jobs.logs import configure_logging
 from jobs.settings import Settings
 
 
@@ -26,6 +28,8 @@ def owner_converter(owner: str) -> type[BaseConverter]:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
+    # Under gunicorn: our lines (the job transitions this process makes) and others' warnings.
+    configure_logging(settings, logging.WARNING)
     app = Flask(__name__, static_folder=None)  # the console serves its own files (api/console.py)
     app.url_map.converters["jobid"] = JobIdConverter
     app.url_map.converters["owner"] = owner_converter(settings.model_owner)
@@ -42,4 +46,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     deliveries.init_app(app)
     app.register_blueprint(docs.bp)
     app.register_blueprint(console.bp)
+    metrics.init_app(app)
     return app

@@ -71,8 +71,9 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 
 def needs_key(path: str) -> bool:
-    """Whether a request to ``path`` must carry a key (with ``DQ_AUTH`` on): everything under ``/v1``."""
-    return path.startswith("/v1/") or path == "/v1"
+    """Whether a request to ``path`` must carry a key (with ``DQ_AUTH`` on): everything under
+    ``/v1``, and ``/metrics`` (an admin key: Prometheus sends it as a bearer token)."""
+    return path.startswith("/v1/") or path in ("/v1", "/metrics")
 
 
 def authenticate() -> None:

@@ -27,6 +27,7 @@ from jobs.errors import (
     TooManyRequests,
     ValidationFailed,
 )
+from jobs.eta import eta_seconds, read_capacity
 from jobs.events import Event, event_seq, follow
 from jobs.models import JobRequest, JobStatus
 from jobs.store import CancelOutcome, JobRecord, Owner
@@ -336,7 +337,7 @@ def prefer_wait(header: str | None) -> float:
 
 
 def _render(record: JobRecord, position: int | None, status: int) -> Response:
-    response = jsonify(render_job(record, position, services().storage.presign))
+    response = jsonify(render_job(record, position, services().storage.presign, _eta(record, position)))
     response.status_code = status
     response.headers["Location"] = f"/v1/jobs/{record.id}"
     return response
@@ -350,6 +351,16 @@ def request_cancel(job_id: str) -> CancelOutcome:
     if outcome is CancelOutcome.MISSING:
         raise JobNotFound(f"no job with id {job_id!r}")
     return outcome
+
+
+def _eta(record: JobRecord, position: int | None) -> float | None:
+    """A queued job's estimated seconds to done (``jobs/eta.py``); one more read, for queued jobs only."""
+    if record.status is not JobStatus.QUEUED or position is None:
+        return None
+    svc = services()
+    info = svc.catalog.get(record.model)
+    batch = info.batch_size if info is not None and info.static else 1
+    return eta_seconds(position, read_capacity(svc.redis, svc.store.keys, record.model), batch)
 
 
 def find_job(job_id: str) -> JobRecord:

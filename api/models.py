@@ -100,6 +100,10 @@ class WorkerView(View):
     ready_at: float | None
     jobs_done: int
     heartbeat_at: float
+    busy_since: float | None = Field(description="Unix seconds its current pipeline call began (null: idle)")
+    busy_seconds: float = Field(description="time this process spent generating")
+    duty_cycle: float = Field(ge=0, le=1, description="fraction of the last minute spent generating")
+    restarts: int = Field(ge=0, description="times its launcher restarted this slot before this process")
 
 
 class WorkerPage(View):

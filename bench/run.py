@@ -31,6 +31,8 @@ SCENARIOS = [
     "fleet",
     "throughput",
     "cold_start",
+    "eta",
+    "load_step",
 ]
 
 

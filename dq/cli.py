@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import signal
 import sys
+import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from dq import tables
 from dq.client import ApiError, Client, print_json
+from jobs.logs import configure_logging
 from jobs.models import JobStatus
 from jobs.settings import Settings
 
@@ -25,7 +27,7 @@ SEED_PROMPT = (
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(Settings.from_env())  # DQ_LOG_FORMAT: text or json
     try:
         result: int = args.func(args)
         return result
@@ -137,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     workers = sub.add_parser("workers", help="list live workers (an admin key)")
     _api_arg(workers, json_flag=True)
     workers.set_defaults(func=cmd_workers)
+
+    metrics = sub.add_parser(
+        "metrics", help="the scaling signal per model (straight from Redis: DQ_REDIS_URL); --cloudwatch for AWS"
+    )
+    metrics.add_argument("--cloudwatch", action="store_true", help="print the CloudWatch PutMetricData calls")
+    metrics.add_argument("--publish", action="store_true", help="with --cloudwatch: send them (boto3's credentials)")
+    metrics.add_argument("--namespace", default="DiffusionQueue", help="CloudWatch namespace")
+    metrics.add_argument("--interval", type=float, default=0.0, help="repeat every N seconds (0: once)")
+    metrics.set_defaults(func=cmd_metrics)
 
     keys = sub.add_parser("keys", help="API keys (straight in Redis: DQ_REDIS_URL)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -432,6 +443,37 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     return _show(args, _client(args).workers(), tables.workers_table)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Read the fleet once (or every ``--interval`` s) and print (or publish) its figures."""
+    from jobs.capabilities import ModelCatalog
+    from jobs.cloudwatch import publish, put_metric_data_calls
+    from jobs.connections import as_text, create_redis
+    from jobs.keys import Keys
+    from jobs.metrics import read_fleet, scaling_figures
+
+    settings = Settings.from_env()
+    client, keys = create_redis(settings), Keys(settings.key_prefix)
+    cloudwatch = None
+    if args.publish:
+        import boto3
+
+        cloudwatch = boto3.client("cloudwatch")
+    while True:
+        models = [m.name for m in ModelCatalog(settings.models_dir).all()]
+        models += [as_text(m) for m in client.smembers(keys.models())]  # type: ignore[union-attr]
+        snapshot = read_fleet(client, keys, models, time.time())
+        if not args.cloudwatch:
+            print_json(scaling_figures(snapshot))
+        else:
+            calls = put_metric_data_calls(snapshot, args.namespace)
+            if cloudwatch is not None:
+                publish(calls, cloudwatch)
+            print(json.dumps(calls, default=lambda at: at.isoformat(), indent=2), flush=True)
+        if args.interval <= 0:
+            return 0
+        time.sleep(args.interval)
 
 
 def _key_store() -> Any:

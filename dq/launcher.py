@@ -102,7 +102,8 @@ class Child:
     slot: Slot
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
-    restarts: int = 0
+    restarts: int = 0  # in a row (the backoff's exponent; reset once the child stayed up)
+    starts: int = 0  # in all: the child learns its restarts (DQ_WORKER_RESTARTS) for its metrics
     next_start_at: float = 0.0
 
 
@@ -127,6 +128,8 @@ class Launcher:
         env = dict(os.environ)
         env.update(child.slot.env)
         env["DQ_WORKER_NAME"] = child.slot.name
+        env["DQ_WORKER_RESTARTS"] = str(child.starts)
+        child.starts += 1
         child.proc = subprocess.Popen([*self.command, "--cores", child.slot.cores], env=env)
         child.started_at = time.monotonic()
         log.info("started %s (pid %d) %s", child.slot.name, child.proc.pid, child.slot.env)

@@ -27,6 +27,8 @@
 ``dq:ratelimits``          hash   token buckets: ``<key prefix>:tokens`` and ``<key prefix>:at``
 ``dq:active``              hash   ``<key prefix>`` -> jobs of that key queued or running (quota)
 ``dq:model:<model>``       hash   per model: ``gen_ewma_s`` (recent generation time), ``worker_seen_at``
+``dq:stats:<model>``       hash   per model: outcome counters and phase histograms (``jobs/stats.py``)
+``dq:waiting:<model>``     zset   pending jobs, score = when they entered the queue (oldest age)
 ``dq:workers:<model>``     zset   the model's worker names, score = last heartbeat time
 ``dq:worker:<name>``       string a worker's heartbeat, JSON (expires when the worker dies)
 ``dq:workers``             zset   worker names, score = last heartbeat time
@@ -37,6 +39,7 @@
 ``dq:wh:due``              zset   job ids whose first pending message is due, score = due time
 ``dq:wh:wake``             list   one token while events wait: a blocked deliverer wakes at once
 ``dq:wh:attempts:<job id>`` hash  webhook message id -> attempts made at it since it was queued
+``dq:wh:stats``             hash   webhook attempt outcomes and delivery latency (``jobs/stats.py``)
 ``dq:deliveries:<job id>`` list   webhook delivery attempts of a job (JSON, oldest first)
 Celery queue per model: ``gen.<model>``, kombu's Redis list. It carries *tokens*, not jobs: a
 token wakes an idle worker, which then picks "which job next" from ``dq:pending:<model>``
@@ -103,6 +106,7 @@ class Keys:
             "batchable": self.batchable(model),
             "batch_members": self.batch_members(model),
             "picked": self.picked(model),
+            "waiting": self.waiting(model),
             "broker": celery_queue(model),
         }
 
@@ -130,6 +134,15 @@ class Keys:
 
     def model(self, model: str) -> str:
         return f"{self.prefix}:model:{model}"
+
+    def stats(self, model: str) -> str:
+        return f"{self.prefix}:stats:{model}"
+
+    def waiting(self, model: str) -> str:
+        return f"{self.prefix}:waiting:{model}"
+
+    def webhook_stats(self) -> str:
+        return f"{self.prefix}:wh:stats"
 
     def model_workers(self, model: str) -> str:
         return f"{self.prefix}:workers:{model}"

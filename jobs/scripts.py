@@ -29,11 +29,12 @@ another tenant exactly as a missing one. Answers are the values of the ``str`` e
 from __future__ import annotations
 
 from jobs.lua import Script
+from jobs.stats import LUA as STATS_LUA
 
 # The keys ``emit`` and ``retain`` touch: every script that records an event includes them.
 OUTBOX = ("wh_pending", "wh_events", "wh_due", "wh_wake", "deliveries")
 # The scheduler's keys of the job's model (``Keys.scheduling``).
-SCHEDULING = ("pending", "vclock", "aging", "batchable", "batch_members", "picked", "broker")
+SCHEDULING = ("pending", "vclock", "aging", "batchable", "batch_members", "picked", "waiting", "broker")
 
 PRELUDE = r"""
 local BAND = 1e12  -- a priority band's width in the pending score
@@ -77,10 +78,11 @@ local function wake(message)
     redis.call('LPUSH', K.broker, message)
   end
 end
--- Make a job pending at `score` (its place in the scheduler's order) and, when the model
--- batches, findable by its batch class.
-local function enqueue(id, score, band, class, now)
+-- Make a job pending at `score` (its place in the scheduler's order), waiting since `since`
+-- (default: now) and, when the model batches, findable by its batch class.
+local function enqueue(id, score, band, class, now, since)
   redis.call('ZADD', K.pending, fmt(score), id)
+  redis.call('ZADD', K.waiting, since or now, id)
   if band > 0 then redis.call('ZADD', K.aging, now, id) end
   if class ~= '' then
     local member = class .. '|' .. string.format('%024.6f', score) .. '|' .. id
@@ -91,6 +93,7 @@ end
 -- Take a job out of the scheduler (picked, canceled, expired).
 local function dequeue(id)
   redis.call('ZREM', K.pending, id)
+  redis.call('ZREM', K.waiting, id)
   redis.call('ZREM', K.aging, id)
   local member = redis.call('HGET', K.batch_members, id)
   if member then
@@ -124,6 +127,7 @@ local function retain(job, seconds)
   if job.webhook then redis.call('EXPIRE', K.deliveries, seconds) end
 end
 """
+PRELUDE += STATS_LUA  # observe() and count(): the transitions count outcomes and phase times
 
 CREATE = Script(
     name="create",
@@ -331,13 +335,14 @@ START = Script(
         "failed",
         "failed_by_tenant",
         "active",
+        "stats",
         *SCHEDULING,
         *OUTBOX,
     ),
     args=("worker", "now", "lease_until", "max_attempts", "retention_s", "events_channel"),
     prelude=PRELUDE,
     body=r"""
-local job = fetch('status', 'attempts', 'input')
+local job = fetch('status', 'attempts', 'input', 'enqueued_at', 'created_at')
 if not job.status then return {'missing', '0'} end
 redis.call('ZREM', K.picked, job.id)
 if job.status ~= 'queued' then return {job.status, job.attempts or '0'} end
@@ -351,6 +356,7 @@ if attempts >= tonumber(A.max_attempts) then
   release(job)
   emit(job, 'job.failed', A.now)
   retain(job, A.retention_s)
+  count(K.stats, 'failed:max_attempts')
   return {'max_attempts', tostring(attempts)}
 end
 attempts = attempts + 1
@@ -358,7 +364,9 @@ redis.call('HSET', K.job, 'status', 'running', 'attempts', attempts, 'worker', A
   'started_at', A.now, 'lease_until', A.lease_until, 'progress_step', 0)
 move(job, K.queued, K.queued_by_tenant, K.running, K.running_by_tenant)
 emit(job, 'job.started', A.now)
-return {'started', tostring(attempts), job.input}
+local waited = tonumber(A.now) - tonumber(job.enqueued_at or job.created_at or A.now)
+observe(K.stats, 'queue_wait', waited)
+return {'started', tostring(attempts), job.input, job.tenant, tostring(waited)}
 """,
 )
 
@@ -417,14 +425,27 @@ FINISH = Script(
         "to_index_by_tenant",
         "active",
         "model",
+        "stats",
         *SCHEDULING,
         *OUTBOX,
     ),
-    args=("attempt", "source", "target", "now", "retention_s", "generation_s", "events_channel"),
+    args=(
+        "attempt",
+        "source",
+        "target",
+        "now",
+        "retention_s",
+        "generation_s",  # '' = not a generation's end
+        "storage_s",  # '' = nothing stored
+        "outcome",  # the counter it adds to (jobs/stats.py job_outcome)
+        "events_channel",
+    ),
     varargs="field, value, … to set (outputs, error, generation_seconds)",
     prelude=PRELUDE,
     body=r"""
-local job = fetch('status', 'attempts', 'progress_step', 'progress_total')
+-- Answers 0 (not in `source`, or another attempt holds it) or {1, tenant, worker, created_at,
+-- started_at} (for the transition's log line).
+local job = fetch('status', 'attempts', 'progress_step', 'progress_total', 'created_at', 'worker', 'started_at')
 if job.status ~= A.source then return 0 end
 if A.attempt ~= '' and job.attempts ~= A.attempt then return 0 end
 -- A succeeded job's progress reads total/total (workers don't write the last step).
@@ -437,20 +458,39 @@ if A.source == 'queued' then
 end
 move(job, K.from_index, K.from_index_by_tenant, K.to_index, K.to_index_by_tenant)
 release(job)
-if A.generation_s ~= '' then  -- the model's recent generation time (moving average), for wait estimates
-  local ewma = tonumber(redis.call('HGET', K.model, 'gen_ewma_s') or A.generation_s)
-  redis.call('HSET', K.model, 'gen_ewma_s', tostring(0.8 * ewma + 0.2 * tonumber(A.generation_s)))
+if A.generation_s ~= '' then  -- the model's recent generation and storage times (moving averages): ETAs
+  local ewma = redis.call('HMGET', K.model, 'gen_ewma_s', 'store_ewma_s')
+  local gen = tonumber(ewma[1] or A.generation_s)
+  local store = tonumber(ewma[2] or A.storage_s) or 0
+  redis.call('HSET', K.model, 'gen_ewma_s', tostring(0.8 * gen + 0.2 * tonumber(A.generation_s)),
+    'store_ewma_s', tostring(0.8 * store + 0.2 * (tonumber(A.storage_s) or store)))
 end
 emit(job, 'job.' .. A.target, A.now)
 retain(job, A.retention_s)
-return 1
+count(K.stats, A.outcome)
+if A.target == 'succeeded' then
+  observe(K.stats, 'generation', tonumber(A.generation_s))
+  observe(K.stats, 'storage', tonumber(A.storage_s))
+  observe(K.stats, 'end_to_end', tonumber(A.now) - tonumber(job.created_at or A.now))
+end
+return {1, job.tenant, job.worker or '', job.created_at or '', job.started_at or ''}
 """,
 )
 
 CANCEL = Script(
     name="cancel",
     doc="queued → canceled at once; running → flag it and announce it to the workers",
-    keys=("job", "queued", "queued_by_tenant", "canceled", "canceled_by_tenant", "active", *SCHEDULING, *OUTBOX),
+    keys=(
+        "job",
+        "queued",
+        "queued_by_tenant",
+        "canceled",
+        "canceled_by_tenant",
+        "active",
+        "stats",
+        *SCHEDULING,
+        *OUTBOX,
+    ),
     args=("tenant", "now", "retention_s", "cancel_channel", "events_channel"),
     prelude=PRELUDE,
     body=r"""
@@ -464,6 +504,7 @@ if job.status == 'queued' then
   release(job)
   emit(job, 'job.canceled', A.now)
   retain(job, A.retention_s)
+  count(K.stats, 'canceled')
   return 'canceled'
 end
 if job.status == 'running' then
@@ -490,6 +531,7 @@ REQUEUE = Script(
         "canceled",
         "canceled_by_tenant",
         "active",
+        "stats",
         *SCHEDULING,
         *OUTBOX,
     ),
@@ -506,10 +548,11 @@ if job.cancel_requested == '1' then
   release(job)
   emit(job, 'job.canceled', A.now)
   retain(job, A.retention_s)
+  count(K.stats, 'canceled')
   return 'canceled'
 end
 -- Keeps its attempts (the next start counts another) and its place in the scheduler's order.
-redis.call('HSET', K.job, 'status', 'queued', 'progress_step', 0)
+redis.call('HSET', K.job, 'status', 'queued', 'progress_step', 0, 'enqueued_at', A.now)
 redis.call('HDEL', K.job, 'lease_until', 'worker', 'started_at')
 move(job, K.running, K.running_by_tenant, K.queued, K.queued_by_tenant)
 enqueue(job.id, tonumber(job.sched_score or '0'), tonumber(job.band or '1'), job.batch_class or '', A.now)
@@ -525,10 +568,11 @@ RESTORE = Script(
     args=("now", "token"),
     prelude=PRELUDE,
     body=r"""
-local job = fetch('status', 'sched_score', 'band', 'batch_class')
+local job = fetch('status', 'sched_score', 'band', 'batch_class', 'enqueued_at')
 redis.call('ZREM', K.picked, job.id or '')
 if job.status ~= 'queued' or redis.call('ZSCORE', K.pending, job.id) then return 0 end
-enqueue(job.id, tonumber(job.sched_score or '0'), tonumber(job.band or '1'), job.batch_class or '', A.now)
+enqueue(job.id, tonumber(job.sched_score or '0'), tonumber(job.band or '1'), job.batch_class or '', A.now,
+  job.enqueued_at)
 wake(A.token)
 return 1
 """,
@@ -541,7 +585,7 @@ PROMOTE = Script(
     args=("now",),
     prelude=PRELUDE,
     body=r"""
-local job = fetch('status', 'band', 'batch_class')
+local job = fetch('status', 'band', 'batch_class', 'enqueued_at')
 if job.status ~= 'queued' or not redis.call('ZSCORE', K.pending, job.id) then
   redis.call('ZREM', K.aging, job.id or '')
   return 0
@@ -550,7 +594,7 @@ local band = math.max(tonumber(job.band or '1') - 1, 0)
 -- just before the band's virtual time: ahead of every job waiting in it
 local score = band * BAND + tonumber(redis.call('HGET', K.vclock, 'V:' .. band) or '0') - 0.5
 dequeue(job.id)
-enqueue(job.id, score, band, job.batch_class or '', A.now)
+enqueue(job.id, score, band, job.batch_class or '', A.now, job.enqueued_at)
 redis.call('HSET', K.job, 'band', band, 'sched_score', fmt(score))
 return 1
 """,

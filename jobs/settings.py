@@ -33,6 +33,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     api_url: str = "http://127.0.0.1:8000"  # where the `dq` client commands find the API
     key_prefix: str = "dq"
+    log_format: str = "text"  # or "json": one JSON object per line (jobs/logs.py)
     models_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "compiled")
     default_model: str = "tiny-sd"
     model_owner: str = "dq"  # the Replicate-compatible routes address a model as <owner>/<name>
@@ -85,6 +86,7 @@ class Settings:
     # Set for each worker process by the launcher (`dq worker`); read here, never elsewhere.
     neuron_rt_visible_cores: str = field(default="", metadata={"env": "NEURON_RT_VISIBLE_CORES"})
     cuda_visible_devices: str = field(default="", metadata={"env": "CUDA_VISIBLE_DEVICES"})
+    worker_restarts: int = 0  # how many times the launcher restarted this slot (dq_worker_restarts_total)
     # Webhooks (`dq webhooks` delivers them; the API checks URLs against the allow-list)
     webhook_allowlist: str = ""  # hosts / CIDRs permitted although private or loopback
     webhook_secret: str = ""  # whsec_<base64>: the first secret of tenant "default" (others get their own)

@@ -24,8 +24,10 @@ import redis
 from jobs import scripts
 from jobs.connections import as_text
 from jobs.keys import Keys
+from jobs.logs import log_transition
 from jobs.lua import BoundScript
 from jobs.models import JobStatus
+from jobs.stats import job_outcome
 from jobs.transport import TOKENS, work_message
 
 ANY_TENANT = "*"  # the scope of admins, workers and the reconciler (never a tenant's name)
@@ -377,6 +379,15 @@ class JobStore:
             if outcome is CreateOutcome.CREATED:
                 record = JobRecord.from_hash({**fields, "seq": as_text(item[1])})
                 result = CreateResult(outcome, job.id, request_hash, record, int(item[2]), tokens=None, active=active)
+                log_transition(
+                    "created",
+                    job.id,
+                    model,
+                    tenant=owner.tenant,
+                    key=owner.key,
+                    priority=job.priority,
+                    position=item[2],
+                )
             else:
                 result = CreateResult(outcome, retry_after_s=float(as_text(item[1])))
             results.append(replace(result, tokens=tokens if tokens >= 0 else None))
@@ -571,6 +582,7 @@ class JobStore:
             **self._indexes(JobStatus.RUNNING),
             **self._indexes(JobStatus.FAILED),
             "active": self.keys.active(),
+            "stats": self.keys.stats(model),
             **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
@@ -583,8 +595,16 @@ class JobStore:
             **self._channels(),
         }
         reply = self._scripts["start"](keys, args)
+        outcome = ClaimOutcome(as_text(reply[0]))
+        if outcome is ClaimOutcome.STARTED:
+            tenant, waited = as_text(reply[3]), float(as_text(reply[4]))
+            log_transition(
+                "started", job_id, model, worker=worker, tenant=tenant, attempt=int(reply[1]), queue_s=waited
+            )
+        elif outcome is ClaimOutcome.MAX_ATTEMPTS:
+            log_transition("failed", job_id, model, worker=worker, error="max_attempts", attempts=int(reply[1]))
         job_input = json.loads(as_text(reply[2])) if len(reply) > 2 else None
-        return StartResult(ClaimOutcome(as_text(reply[0])), int(reply[1]), job_input)
+        return StartResult(outcome, int(reply[1]), job_input)
 
     def progress(self, job_id: str, attempt: int, step: int, *, lease_s: float) -> ProgressAnswer:
         """Record a denoising step and renew the lease.
@@ -611,17 +631,25 @@ class JobStore:
         return int(self._scripts["renew"]({"job": self.keys.job(job_id)}, args)) == 1
 
     def succeed(
-        self, job_id: str, model: str, attempt: int, outputs: list[dict[str, Any]], *, generation_seconds: float
+        self,
+        job_id: str,
+        model: str,
+        attempt: int,
+        outputs: list[dict[str, Any]],
+        *,
+        generation_seconds: float,
+        storage_seconds: float | None = None,
     ) -> bool:
         """running → succeeded with ``outputs``, only for the attempt that holds the job; its
-        generation time joins the model's moving average (wait estimates, ETAs)."""
+        generation time joins the model's moving average (wait estimates, ETAs), and both times
+        the model's histograms (``storage_seconds``: encode and upload)."""
         return self._transition(
             job_id,
             model,
             attempt,
             JobStatus.RUNNING,
             JobStatus.SUCCEEDED,
-            generation_s=generation_seconds,
+            Timings(generation_seconds, storage_seconds),
             outputs=_dumps(outputs),
             generation_seconds=repr(generation_seconds),
         )
@@ -629,12 +657,14 @@ class JobStore:
     def fail(self, job_id: str, model: str, attempt: int | None, error_type: str, message: str) -> bool:
         """running → failed (``attempt=None``: whichever attempt runs it, e.g. a timeout)."""
         error = _dumps({"type": error_type, "message": message[:2000]})
-        return self._transition(job_id, model, attempt, JobStatus.RUNNING, JobStatus.FAILED, error=error)
+        timings = Timings(error_type=error_type)
+        return self._transition(job_id, model, attempt, JobStatus.RUNNING, JobStatus.FAILED, timings, error=error)
 
     def fail_queued(self, job_id: str, model: str, error_type: str, message: str) -> bool:
         """queued → failed (e.g. it waited longer than its TTL)."""
         error = _dumps({"type": error_type, "message": message[:2000]})
-        return self._transition(job_id, model, None, JobStatus.QUEUED, JobStatus.FAILED, error=error)
+        timings = Timings(error_type=error_type)
+        return self._transition(job_id, model, None, JobStatus.QUEUED, JobStatus.FAILED, timings, error=error)
 
     def cancel_running(self, job_id: str, model: str, attempt: int) -> bool:
         """running → canceled by the attempt that stopped at a cancel request."""
@@ -653,6 +683,7 @@ class JobStore:
             **self._indexes(JobStatus.QUEUED),
             **self._indexes(JobStatus.CANCELED),
             "active": self.keys.active(),
+            "stats": self.keys.stats(model),
             **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
@@ -663,7 +694,10 @@ class JobStore:
             "cancel_channel": self.keys.cancel_channel(),
             **self._channels(),
         }
-        return CancelOutcome(as_text(self._scripts["cancel"](keys, args)))
+        outcome = CancelOutcome(as_text(self._scripts["cancel"](keys, args)))
+        if outcome in (CancelOutcome.CANCELED, CancelOutcome.CANCEL_REQUESTED):
+            log_transition(outcome.value, job_id, model, tenant=None if tenant == ANY_TENANT else tenant)
+        return outcome
 
     def link_retry(self, original_id: str, retry_id: str) -> None:
         """Record on the original job which job retried it (the retry records ``retry_of``)."""
@@ -696,6 +730,7 @@ class JobStore:
             **self._indexes(JobStatus.QUEUED),
             **self._indexes(JobStatus.CANCELED),
             "active": self.keys.active(),
+            "stats": self.keys.stats(model),
             **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
@@ -706,7 +741,11 @@ class JobStore:
             "attempt": "" if attempt is None else attempt,
             **self._channels(),
         }
-        return RequeueOutcome(as_text(self._scripts["requeue"](keys, args)))
+        outcome = RequeueOutcome(as_text(self._scripts["requeue"](keys, args)))
+        if outcome is not RequeueOutcome.HELD:
+            reason = "lease expired" if attempt is None else "given back"
+            log_transition(outcome.value, job_id, model, attempt=attempt, reason=reason)
+        return outcome
 
     def _transition(
         self,
@@ -715,7 +754,7 @@ class JobStore:
         attempt: int | None,
         source: JobStatus,
         target: JobStatus,
-        generation_s: float | None = None,
+        timings: Timings | None = None,
         **values: str,
     ) -> bool:
         """``source`` → ``target`` with ``values``; False when the job was not in ``source`` (or
@@ -726,20 +765,54 @@ class JobStore:
             **self._indexes(target, "to_index"),
             "active": self.keys.active(),
             "model": self.keys.model(model),
+            "stats": self.keys.stats(model),
             **self.keys.scheduling(model),
             **self._outbox(job_id),
         }
+        timings = timings or Timings()
         args = {
             "attempt": "" if attempt is None else attempt,
             "source": source.value,
             "target": target.value,
             "now": time.time(),
             "retention_s": self.retention_s,
-            "generation_s": "" if generation_s is None else float(generation_s),
+            "generation_s": _optional(timings.generation_s),
+            "storage_s": _optional(timings.storage_s),
+            "outcome": job_outcome(target.value, timings.error_type),
             **self._channels(),
         }
         varargs = [item for pair in values.items() for item in pair]
-        return int(self._scripts["finish"](keys, args, varargs)) == 1
+        reply = self._scripts["finish"](keys, args, varargs)
+        if not isinstance(reply, list):
+            return False
+        tenant, worker, created, started = (as_text(part) for part in reply[1:5])
+        now = float(args["now"])
+        log_transition(
+            target.value,
+            job_id,
+            model,
+            worker=worker,
+            tenant=tenant,
+            error=timings.error_type,
+            generation_s=timings.generation_s,
+            storage_s=timings.storage_s,
+            run_s=now - float(started) if started else None,
+            total_s=now - float(created) if created else None,
+        )
+        return True
+
+
+@dataclass(frozen=True)
+class Timings:
+    """What a terminal transition counts besides its state: phase times and the error type."""
+
+    generation_s: float | None = None
+    storage_s: float | None = None
+    error_type: str = ""
+
+
+def _optional(seconds: float | None) -> str | float:
+    return "" if seconds is None else float(seconds)
 
 
 def _job_fields(job: NewJob, model: str, owner: Owner, created_at: float) -> dict[str, str]:

@@ -96,6 +96,12 @@ class JobView(View):
     queue_position: int | None = Field(
         ge=0, description="jobs the scheduler starts before this one (0: next); null unless queued"
     )
+    eta_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="estimated seconds until it is done, from its queue position, the ready workers and "
+        "the model's recent generation time; null unless queued (or before any worker measured one)",
+    )
     outputs: list[JobOutput]
     error: JobError | None
     metrics: JobMetrics
@@ -123,7 +129,9 @@ class JobEvent(View):
     data: JobView
 
 
-def render_job(record: JobRecord, queue_position: int | None, presign: Presigner | None) -> dict[str, Any]:
+def render_job(
+    record: JobRecord, queue_position: int | None, presign: Presigner | None, eta_seconds: float | None = None
+) -> dict[str, Any]:
     outputs = []
     for out in record.outputs:
         item = dict(out)
@@ -142,6 +150,7 @@ def render_job(record: JobRecord, queue_position: int | None, presign: Presigner
         "progress": {"step": record.progress_step, "total": record.progress_total},
         "cancel_requested": record.cancel_requested,
         "queue_position": queue_position if record.status is JobStatus.QUEUED else None,
+        "eta_seconds": eta_seconds if record.status is JobStatus.QUEUED else None,
         "outputs": outputs,
         "error": record.error,
         "metrics": job_metrics(record),

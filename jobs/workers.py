@@ -16,6 +16,7 @@ import redis
 from jobs.keys import Keys
 
 WORKER_STATES = ("loading", "ready", "busy", "stalled", "stopping")
+SERVING_STATES = ("ready", "busy")  # loaded and taking jobs: what capacity and ETAs count
 
 
 @dataclass
@@ -34,6 +35,10 @@ class WorkerInfo:
     ready_at: float | None = None  # model loaded and warmed; consuming from then on
     jobs_done: int = 0
     heartbeat_at: float = 0.0
+    busy_since: float | None = None  # Unix seconds its current pipeline call began (None: idle)
+    busy_seconds: float = 0.0  # time this process spent generating
+    duty_cycle: float = 0.0  # fraction of the last minute (or of its life, if shorter) spent generating
+    restarts: int = 0  # times the launcher restarted this slot before this process
 
     def public(self) -> dict[str, Any]:
         return asdict(self)

@@ -104,3 +104,22 @@ class StepRecordingBackend(EmulatedBackend):
 
 def step_recording_backend(path: Path, settings: Settings) -> StepRecordingBackend:
     return StepRecordingBackend(settings.emulated_seconds, settings.redis_url)
+
+
+class GilHoggingBackend(EmulatedBackend):
+    """The emulated accelerator, which holds the GIL at every step (one long C call that never
+    lets another thread run: ``sum`` over a range of ``$DQ_TEST_GIL_HOG`` integers, ~1 s per
+    10**8), as a runtime or library call that does not release it would."""
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
+        size = int(os.environ.get("DQ_TEST_GIL_HOG", "100000000"))
+
+        def hogging_step(step: int) -> None:
+            sum(range(size))
+            on_step(step)
+
+        return super().generate(request, hogging_step)
+
+
+def gil_hogging_backend(path: Path, settings: Settings) -> GilHoggingBackend:
+    return GilHoggingBackend(settings.emulated_seconds)

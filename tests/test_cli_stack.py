@@ -9,9 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from dq.procs import free_port, process_tree, stop_process, wait_until
+from tests.conftest import REPO_ROOT
 
 
 def alive(pid: int) -> bool:
@@ -24,7 +28,12 @@ def alive(pid: int) -> bool:
 
 def dq(api: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dq", *args, "--api", api], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "dq", *args, "--api", api],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
 
 
@@ -33,6 +42,7 @@ def test_dq_up_serves_the_client_commands_and_stops_clean(tmp_path: Path, models
     api = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DQ_", "AWS_"))}
     env.update({"DQ_MODELS_DIR": str(models_dir), "DQ_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env["PYTHONPATH"] = str(REPO_ROOT)  # this checkout's code, whichever one the environment installed
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [sys.executable, "-m", "dq", "up", "--api-port", str(port)],
@@ -69,6 +79,30 @@ def test_dq_up_serves_the_client_commands_and_stops_clean(tmp_path: Path, models
             return int(next(m for m in listed if m["name"] == "tiny-sd")["workers"]["ready"])
 
         wait_until(lambda: ready_workers() == 1, 30, "the worker ready again")
+
+        # /metrics under gunicorn (two worker processes, multiprocess mode): the requests of both
+        # summed, and the fleet from Redis
+        key = (tmp_path / ".dq-api-key").read_text().strip()
+
+        def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            request = urllib.request.Request(f"{api}/metrics", headers={"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(response.read().decode())
+                    for s in family.samples
+                }
+
+        for _ in range(8):  # a new connection each: either gunicorn worker may answer
+            urllib.request.urlopen(f"{api}/openapi.json", timeout=10).close()
+        document = ("dq_http_requests_total", (("method", "GET"), ("route", "/openapi.json"), ("status", "200")))
+        for _ in range(4):  # whichever worker answers the scrape counts every worker's requests
+            scraped = scrape()
+            assert scraped[document] == 8
+        submitted = (("method", "POST"), ("route", "/v1/jobs"), ("status", "202"))
+        assert scraped[("dq_http_requests_total", submitted)] == 1
+        finished = (("error_type", ""), ("model", "tiny-sd"), ("outcome", "succeeded"))
+        assert scraped[("dq_jobs_finished_total", finished)] == 1
 
         tree = set(process_tree(up.pid)) - {up.pid}
         assert len(tree) >= 5  # redis, weed, gunicorn (+ its workers), webhooks, launcher (+ worker)

@@ -125,7 +125,7 @@ def test_problems_and_headers_of_submit(doc: dict[str, Any]) -> None:
 def test_admin_routes_answer_403_and_others_do_not(doc: dict[str, Any]) -> None:
     admin = {("/v1/keys", "post"), ("/v1/keys", "get"), ("/v1/keys/{prefix}", "get")}
     admin |= {("/v1/keys/{prefix}", "delete"), ("/v1/workers", "get"), ("/v1/tenants/{tenant}", "put")}
-    admin |= {("/v1/models/{name}/pause", "post"), ("/v1/models/{name}/resume", "post")}
+    admin |= {("/v1/models/{name}/pause", "post"), ("/v1/models/{name}/resume", "post"), ("/metrics", "get")}
     for path, operations in doc["paths"].items():
         for method, op in operations.items():
             assert ("403" in op["responses"]) == ((path, method) in admin), (path, method)

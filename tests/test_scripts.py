@@ -117,7 +117,8 @@ def _exercise_every_script(client: redis.Redis) -> None:
     head = outbox.head("a")
     assert isinstance(head, PendingMessage)
     outbox.settle(head, {"attempt": 1}, final=False, now=time.time(), next_due=time.time())
-    outbox.settle(head, {"attempt": 2}, final=True, now=time.time(), keep_claim_until=time.time() + 30)
+    now = time.time()
+    outbox.settle(head, {"outcome": "delivered"}, final=True, now=now, keep_claim_until=now + 30, delivery_s=0.5)
     outbox.release("a", time.time())
     assert outbox.redeliver("a", head.msg_id, time.time())
 

@@ -295,6 +295,7 @@ class Deliverer:
             now=done,
             next_due=next_at,
             keep_claim_until=done + self.config.claim_timeout_s if keep_claim else None,
+            delivery_s=_delivery_s(message, decision.outcome, done),
         )
 
     def _attempt(self, message: PendingMessage, attempt: int, at: float) -> tuple[Reply, Decision]:
@@ -321,6 +322,13 @@ class Deliverer:
         reply = self.sender.post(target, body.encode(), headers)
         retry_after = parse_retry_after(reply.retry_after, self.clock())
         return reply, decide(reply.status, attempt, self.config.schedule_s, retry_after, self.rng)
+
+
+def _delivery_s(message: PendingMessage, outcome: Outcome, done: float) -> float | None:
+    """Seconds from the event to its delivery (None unless it was delivered)."""
+    if outcome is not Outcome.DELIVERED or message.event is None:
+        return None
+    return max(0.0, done - float(message.event.get("timestamp") or done))
 
 
 def _ms_since(started: float) -> float:

@@ -23,6 +23,7 @@ import redis
 from jobs.connections import as_text
 from jobs.keys import Keys
 from jobs.lua import BoundScript, Script
+from jobs.stats import LUA as STATS_LUA
 
 # The per-job scripts below take these keys (names shared with the job store: ``Keys.outbox``).
 JOB_KEYS = ("wh_due", "wh_pending", "wh_attempts", "deliveries", "job", "wh_events")
@@ -42,7 +43,7 @@ return ids
 SETTLE = Script(
     name="settle",
     doc="record one delivery attempt at a job's head message and move the job on",
-    keys=JOB_KEYS,
+    keys=(*JOB_KEYS, "wh_stats"),
     args=(
         "job_id",
         "msg_id",
@@ -53,7 +54,10 @@ SETTLE = Script(
         "now",
         "keep_claim_until",  # '' = release the claim
         "retention_s",
+        "outcome",  # the attempt's outcome, counted ('' = none: nothing was sent)
+        "delivery_s",  # delivered: seconds from the event to now ('' = not delivered)
     ),
+    prelude=STATS_LUA,
     body=r"""
 -- Answers 'moved' (the head is another message now: someone else settled this one),
 -- 'retry', 'empty' (nothing more pending), 'next' (more pending, still claimed by the
@@ -68,6 +72,8 @@ if A.record ~= '' then
   redis.call('RPUSH', K.deliveries, A.record)
   keep_with_job(K.deliveries)
 end
+count(K.wh_stats, A.outcome)
+if A.delivery_s ~= '' then observe(K.wh_stats, 'delivery', tonumber(A.delivery_s)) end
 if redis.call('LINDEX', K.wh_pending, 0) ~= A.msg_id then return 'moved' end
 if A.final == '0' then
   redis.call('HSET', K.wh_attempts, A.msg_id, A.attempts_made)
@@ -197,6 +203,7 @@ class Outbox:
         now: float,
         next_due: float | None = None,
         keep_claim_until: float | None = None,
+        delivery_s: float | None = None,
     ) -> SettleAnswer:
         """Record one attempt (``record``) and move the job on.
 
@@ -215,8 +222,11 @@ class Outbox:
             "now": now,
             "keep_claim_until": keep_claim_until if keep_claim_until is not None else "",
             "retention_s": self.retention_s,
+            "outcome": (record or {}).get("outcome", ""),
+            "delivery_s": delivery_s if delivery_s is not None else "",
         }
-        return SettleAnswer(as_text(self._settle(self._job_keys(message.job_id), args)))
+        keys = {**self._job_keys(message.job_id), "wh_stats": self.keys.webhook_stats()}
+        return SettleAnswer(as_text(self._settle(keys, args)))
 
     def release(self, job_id: str, now: float) -> None:
         """Let go of a claimed job: out of the due set if nothing is pending, else due now."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -77,6 +78,52 @@ class InFlight:
             return list(self._jobs.values())
 
 
+class Activity:
+    """When this process generated: busy time in total, the call in progress, and the share of
+    the last ``window_s`` spent generating (the duty cycle its heartbeat publishes); thread-safe."""
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.born = clock()
+        self._lock = threading.Lock()
+        self._spans: deque[tuple[float, float]] = deque()
+        self._since: float | None = None
+        self._total_s = 0.0
+
+    def begin(self) -> None:
+        with self._lock:
+            self._since = self.clock()
+
+    def end(self) -> None:
+        with self._lock:
+            if self._since is None:
+                return
+            now = self.clock()
+            self._spans.append((self._since, now))
+            self._total_s += now - self._since
+            self._since = None
+            while self._spans and self._spans[0][1] < now - self.window_s:
+                self._spans.popleft()
+
+    def fill(self, info: WorkerInfo) -> None:
+        """Put busy time, the current call's start and the duty cycle into ``info``."""
+        with self._lock:
+            now = self.clock()
+            spans = list(self._spans) + ([(self._since, now)] if self._since is not None else [])
+            info.busy_since = self._since
+            info.busy_seconds = round(self._total_s + (now - self._since if self._since is not None else 0.0), 4)
+        info.duty_cycle = round(duty_cycle(spans, now, max(now - self.window_s, self.born)), 4)
+
+
+def duty_cycle(spans: list[tuple[float, float]], now: float, since: float) -> float:
+    """The fraction of ``[since, now]`` covered by the busy ``spans`` (which do not overlap)."""
+    if now <= since:
+        return 0.0
+    busy = sum(max(0.0, min(end, now) - max(start, since)) for start, end in spans)
+    return min(busy / (now - since), 1.0)
+
+
 StallHandler = Callable[[Holding], None]
 
 POKE_GAP_S = 0.1
@@ -96,6 +143,7 @@ class Heartbeat(threading.Thread):
         *,
         interval_s: float,
         lease_s: float,
+        activity: Activity | None = None,
     ) -> None:
         super().__init__(name="dq-heartbeat", daemon=True)
         self.registry = registry
@@ -105,6 +153,7 @@ class Heartbeat(threading.Thread):
         self.on_stall = on_stall
         self.interval_s = interval_s
         self.lease_s = lease_s
+        self.activity = activity or Activity()
         self.ttl_s = heartbeat_ttl_s(interval_s)
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -122,8 +171,14 @@ class Heartbeat(threading.Thread):
             log.warning("heartbeat failed: %s", exc)
 
     def publish(self) -> None:
-        self._published_state = self.info.state
-        self.registry.publish(self.info, ttl_s=self.ttl_s)
+        """Publish one consistent copy of the state: the runner flips ``state`` on its own thread,
+        and the state remembered as published must be the one that was sent (reading it apart
+        from the copy once left a worker shown ``busy`` until its next beat)."""
+        self.activity.fill(self.info)
+        snapshot = replace(self.info)
+        self.registry.publish(snapshot, ttl_s=self.ttl_s)
+        self.info.heartbeat_at = snapshot.heartbeat_at
+        self._published_state = snapshot.state
 
     def check_stalls(self) -> None:
         now = time.monotonic()

@@ -204,6 +204,7 @@ class Worker:
                 self.cancels,
                 on_state_change=self.heartbeat.poke,
                 stopping=self.stopping,
+                activity=self.heartbeat.activity,
             )
             self.listener.start()
             self.reconciler.start()
@@ -287,6 +288,7 @@ def create_worker(settings: Settings, model: str, cores: str = "") -> Worker:
         state="loading",
         visible_cores=settings.neuron_rt_visible_cores or settings.cuda_visible_devices,
         started_at=time.time(),
+        restarts=settings.worker_restarts,
     )
     in_flight = InFlight()
     cancels = CancelRequests()

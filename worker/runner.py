@@ -32,7 +32,7 @@ from jobs.store import JobStore, ProgressAnswer
 from jobs.submit import batch_class
 from jobs.workers import WorkerInfo
 from worker.encode import encode_image
-from worker.liveness import InFlight
+from worker.liveness import Activity, InFlight
 from worker.pipelines.base import Backend, BatchBackend, GenerationRequest, image_seeds
 
 log = logging.getLogger("dq.worker")
@@ -156,6 +156,7 @@ class Finisher:
             self.in_flight.remove(item.job_id)
 
     def finish(self, item: Generated) -> None:
+        started = time.perf_counter()
         fmt = item.input["output_format"]
         seeds = image_seeds(int(item.input["seed"]), len(item.images))
         outputs = []
@@ -179,7 +180,12 @@ class Finisher:
                 }
             )
         committed = self.store.succeed(
-            item.job_id, item.model, item.attempt, outputs, generation_seconds=item.generation_seconds
+            item.job_id,
+            item.model,
+            item.attempt,
+            outputs,
+            generation_seconds=item.generation_seconds,
+            storage_seconds=time.perf_counter() - started,
         )
         if not committed:
             log.warning("job %s attempt %d: outputs not committed (no longer owned)", item.job_id, item.attempt)
@@ -211,6 +217,7 @@ class Runner:
         cancels: CancelRequests,
         on_state_change: Callable[[], None] = lambda: None,
         stopping: threading.Event | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -221,6 +228,7 @@ class Runner:
         self.cancels = cancels
         self.on_state_change = on_state_change  # publish the worker's state now (busy / ready)
         self.stopping = stopping or threading.Event()  # set by a warm shutdown: take nothing new
+        self.activity = activity or Activity()  # busy time and duty cycle, published by the heartbeat
 
     def drain(self, model: str) -> None:
         """Run the model's jobs, as the scheduler hands them out, until none is pending and no
@@ -279,11 +287,13 @@ class Runner:
 
     def run(self, model: str, members: list[Member], more_waiting: bool = False) -> None:
         """Generate for ``members`` in one pipeline call, then hand each job's images over."""
+        self.activity.begin()
         self.info.state, self.info.current_job = "busy", ",".join(m.job_id for m in members)
         self.on_state_change()
         started = time.perf_counter()
         try:
             images = self._generate(members)
+            self.info.jobs_done += sum(1 for member in members if not member.left)  # published with "ready"
         except NothingLeft:
             images = []
         except Exception as exc:
@@ -293,6 +303,7 @@ class Runner:
                     self._leave(member, "failed", "generation_error", f"{type(exc).__name__}: {exc}")
             images = []
         finally:
+            self.activity.end()
             self.info.state, self.info.current_job = "ready", ""
             for member in members:
                 self.cancels.discard(member.job_id)
@@ -303,7 +314,6 @@ class Runner:
             if member.left:
                 continue
             self.in_flight.finishing(member.job_id)
-            self.info.jobs_done += 1
             generated = Generated(member.job_id, model, member.attempt, member.input, member_images, seconds)
             self.finisher.submit(generated, more_waiting=more_waiting)
 
