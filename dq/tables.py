@@ -116,7 +116,7 @@ def jobs_table(page: dict[str, Any], now: float | None = None) -> str:
 
 def workers_table(page: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
-    headers = ["WORKER", "MODEL", "STATE", "JOB", "DONE", "LAST", "HEARTBEAT", "UP", "HOST", "PID"]
+    headers = ["WORKER", "MODEL", "STATE", "JOB", "DONE", "LAST", "DUTY", "HEARTBEAT", "UP", "HOST", "PID"]
     rows = [
         [
             w["name"],
@@ -125,6 +125,7 @@ def workers_table(page: dict[str, Any], now: float | None = None) -> str:
             w["current_job"],
             w["jobs_done"],
             seconds(w["last_pipeline_seconds"]),
+            f"{w['duty_cycle']:.0%}",
             age(w["heartbeat_at"], now),
             age(w["started_at"], now),
             w["host"],
@@ -132,7 +133,7 @@ def workers_table(page: dict[str, Any], now: float | None = None) -> str:
         ]
         for w in page["data"]
     ]
-    return render_table(headers, rows, right=(4, 5, 6, 7, 9)) if rows else "no live workers"
+    return render_table(headers, rows, right=(4, 5, 6, 7, 8, 10)) if rows else "no live workers"
 
 
 def job_details(job: dict[str, Any]) -> str:

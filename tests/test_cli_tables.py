@@ -127,6 +127,10 @@ def worker(name: str, state: str, current_job: str = "") -> dict[str, Any]:
         "ready_at": NOW - 7000,
         "jobs_done": 17,
         "heartbeat_at": NOW - 0.4,
+        "busy_since": NOW - 1.0 if state == "busy" else None,
+        "busy_seconds": 20.98,
+        "duty_cycle": 0.874,
+        "restarts": 0,
     }
 
 
@@ -167,8 +171,10 @@ def test_jobs_table() -> None:
 def test_workers_table() -> None:
     page = {"data": [worker("w0.sd15", "busy", JOB_ID), worker("w1.sd15", "ready")]}
     lines = workers_table(page, now=NOW).splitlines()
-    assert lines[0].split() == ["WORKER", "MODEL", "STATE", "JOB", "DONE", "LAST", "HEARTBEAT", "UP", "HOST", "PID"]
-    assert lines[1].split() == ["w0.sd15", "sd15", "busy", JOB_ID, "17", "1.23s", "0s", "2h", "inf2-a", "4242"]
+    assert lines[0].split() == [
+        "WORKER", "MODEL", "STATE", "JOB", "DONE", "LAST", "DUTY", "HEARTBEAT", "UP", "HOST", "PID"
+    ]  # fmt: skip
+    assert lines[1].split() == ["w0.sd15", "sd15", "busy", JOB_ID, "17", "1.23s", "87%", "0s", "2h", "inf2-a", "4242"]
     assert lines[2].split()[3] == "-"  # no current job
     assert workers_table({"data": []}) == "no live workers"
     assert [age(NOW - s, NOW) for s in (5, 61, 3600 * 3, 86_400 * 2)] == ["5s", "1m", "3h", "2d"]
