@@ -7,7 +7,9 @@ way it measures Cog, interleaved round by round (Cog, us, Cog, us, …), each on
 - **overhead**: 10 warm-up then 50 sequential jobs of a no-op model, each from sending the
   submit until its terminal webhook has arrived at a local receiver, minus the raw model call
   (Cog: ``bench/bench.py --peer cog --model noop --phases latency``: PUT + ``Prefer:
-  respond-async`` + webhook; us: ``POST /v1/jobs`` with a webhook filtered to terminal events);
+  respond-async`` + webhook; us: ``POST /v1/jobs`` with a webhook filtered to terminal events,
+  and the same jobs followed on their event stream instead, ``GET /v1/jobs/<id>/events``,
+  opened when the submit answers — only ``job.succeeded`` counts as a completion);
 - **throughput**: 16 concurrent clients for 20 s, each submitting a no-op job and waiting for
   its terminal webhook, then the next; only jobs completed inside the window count (Cog:
   ``--model noop_async --slots 16 --phases throughput``, its fastest async mode). Server CPU
@@ -62,19 +64,23 @@ class Receiver:
         body = await request.json()
         now = time.perf_counter()
         if body["type"] in TERMINAL:
-            waiter = self.waiters.pop(body["data"]["id"], None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(now)
-            else:
-                self.early[body["data"]["id"]] = now
+            self.arrived(body["data"]["id"], now if body["type"] == "job.succeeded" else -1.0)
         return web.Response(status=204)
+
+    def arrived(self, job_id: str, at: float) -> None:
+        waiter = self.waiters.pop(job_id, None)
+        if waiter is None or waiter.done():
+            self.early[job_id] = at
+        elif at < 0:  # failed or canceled: an error, never a completion
+            waiter.set_exception(RuntimeError(f"job {job_id} did not succeed"))
+        else:
+            waiter.set_result(at)
 
     def expect(self, job_id: str) -> asyncio.Future[float]:
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiters[job_id] = future
         if job_id in self.early:
-            future.set_result(self.early.pop(job_id))
-        else:
-            self.waiters[job_id] = future
+            self.arrived(job_id, self.early.pop(job_id))
         return future
 
 
@@ -94,6 +100,34 @@ async def one_job(session: aiohttp.ClientSession, api: str, key: str, receiver: 
             raise RuntimeError(f"submit {reply.status}: {job}")
     arrived = await asyncio.wait_for(receiver.expect(job["id"]), 60)
     return arrived - started
+
+
+async def one_job_sse(session: aiohttp.ClientSession, api: str, key: str, seed: int) -> float:
+    """Seconds from sending the submit to reading ``job.succeeded`` on the job's event stream
+    (``GET /v1/jobs/<id>/events``, opened as soon as the submit answers)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    started = time.perf_counter()
+    body = {"prompt": "a pig with wings", "num_inference_steps": 1, "seed": seed}
+    async with session.post(f"{api}/v1/jobs", json=body, headers=headers) as reply:
+        job = await reply.json()
+        if reply.status != 202:
+            raise RuntimeError(f"submit {reply.status}: {job}")
+    async with session.get(f"{api}/v1/jobs/{job['id']}/events", headers=headers) as stream:
+        async for line in stream.content:
+            if line.startswith(b"event: job."):
+                kind = line[len(b"event: ") :].strip().decode()
+                if kind == "job.succeeded":
+                    return time.perf_counter() - started
+                if kind in TERMINAL:
+                    raise RuntimeError(f"job {job['id']}: {kind}")
+    raise RuntimeError(f"job {job['id']}: the stream ended without a terminal event")
+
+
+async def ours_latency_sse(api: str, key: str, n: int, warmup: int) -> list[float]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for i in range(warmup):
+            await one_job_sse(session, api, key, 30_000 + i)
+        return [await one_job_sse(session, api, key, 40_000 + i) for i in range(n)]
 
 
 async def ours_latency(api: str, key: str, n: int, warmup: int) -> list[float]:
@@ -210,6 +244,7 @@ def run(rounds: int = 3, n: int = 50, warmup: int = 10, clients: int = 16, durat
             s.start_webhooks()
             s.start_workers(1, DQ_BACKEND="emulated", DQ_EMULATED_SECONDS="0")
             ours = [x * 1000 for x in asyncio.run(ours_latency(s.api_url, s.api_key, n, warmup))]
+            sse = [x * 1000 for x in asyncio.run(ours_latency_sse(s.api_url, s.api_key, n, warmup))]
         cog_tp = cog("noop_async", "throughput", f"dq-bench-cog-noop16-r{r}", slots=16)["throughput"]["async"]
         with stack() as s:
             s.start_api()
@@ -222,6 +257,8 @@ def run(rounds: int = 3, n: int = 50, warmup: int = 10, clients: int = 16, durat
                 "cog_overhead_p95_ms": round(cog_latency["p95_ms"] - 0.03, 2),
                 "ours_overhead_p50_ms": round(statistics.median(ours) - raw_ms, 2),
                 "ours_overhead_p95_ms": round(pct(ours, 0.95) - raw_ms, 2),
+                "ours_sse_overhead_p50_ms": round(statistics.median(sse) - raw_ms, 2),
+                "ours_sse_overhead_p95_ms": round(pct(sse, 0.95) - raw_ms, 2),
                 "cog_throughput_per_s": round(cog_tp["throughput_per_s"], 1),
                 "cog_server_cpu_ms_per_job": round(cog_tp["server_cpu_ms_per_pred"], 2),
                 "cog_errors": cog_tp["errors"],
@@ -234,11 +271,14 @@ def run(rounds: int = 3, n: int = 50, warmup: int = 10, clients: int = 16, durat
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians of the same-run ratios, and every round's ratio (a miss in any round shows)."""
     overhead = [r["ours_overhead_p50_ms"] / r["cog_overhead_p50_ms"] for r in rounds]
+    sse = [r["ours_sse_overhead_p50_ms"] / r["cog_overhead_p50_ms"] for r in rounds]
     throughput = [r["ours"]["throughput_per_s"] / r["cog_throughput_per_s"] for r in rounds]
     cpu = [r["ours"]["server_cpu_ms_per_job"] / r["cog_server_cpu_ms_per_job"] for r in rounds]
     return {
         "overhead_ratio_median": round(statistics.median(overhead), 3),
         "overhead_ratios": [round(x, 3) for x in overhead],
+        "sse_overhead_ratio_median": round(statistics.median(sse), 3),
+        "sse_overhead_ratios": [round(x, 3) for x in sse],
         "throughput_ratio_median": round(statistics.median(throughput), 3),
         "throughput_ratios": [round(x, 3) for x in throughput],
         "cpu_per_job_ratio_median": round(statistics.median(cpu), 3),
