@@ -131,5 +131,6 @@ def progress_line(job: dict[str, Any], width: int = 30) -> str:
     return f"[{bar}] {step:>3}/{total:<3} {job['status']:<9}{where}   "
 
 
-def print_json(data: Any, out: IO[str] = sys.stdout) -> None:
-    out.write(json.dumps(data, indent=2) + "\n")
+def print_json(data: Any, out: IO[str] | None = None) -> None:
+    # sys.stdout read at the call, not bound at import (a test's capture may have replaced it)
+    (out or sys.stdout).write(json.dumps(data, indent=2) + "\n")

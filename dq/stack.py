@@ -55,7 +55,7 @@ class LocalStack:
     settings: Settings
     api_port: int = 0
     workers: int | None = 1  # None: let the launcher detect NeuronCores / GPUs
-    sink: IO[str] = sys.stderr
+    sink: IO[str] = field(default_factory=lambda: sys.stderr)  # read when made, not at import
     workdir: Path | None = None
     services: list[Service] = field(default_factory=list, init=False)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list, init=False)
