@@ -53,19 +53,23 @@ def main(argv: list[str]) -> int:
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m bench.run " + " ".join(argv),
     }
+    stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    label = "-".join(chosen) if len(chosen) <= 3 else "all"
+    paths = [ROOT / "bench" / "results"] + ([ROOT / "docs" / "bench-results"] if keep else [])
     for name in chosen:
         started = time.monotonic()
         print(f"== {name} …", file=sys.stderr, flush=True)
         module = importlib.import_module(f"bench.{name}")
-        results[name] = module.run()
+        try:
+            results[name] = module.run()
+        except Exception as exc:  # recorded; the scenarios after it still run
+            results[name] = {"error": f"{type(exc).__name__}: {exc}", "valid": False}
         results[name]["bench_seconds"] = round(time.monotonic() - started, 1)
         print(json.dumps(results[name], indent=2), flush=True)
-    stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    for out in [ROOT / "bench" / "results"] + ([ROOT / "docs" / "bench-results"] if keep else []):
-        out.mkdir(exist_ok=True)
-        path = out / f"{stamp}-{'-'.join(chosen) if len(chosen) <= 3 else 'all'}.json"
-        path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"saved {path}", file=sys.stderr)
+        for out in paths:  # saved after every scenario: a crash later loses nothing
+            out.mkdir(exist_ok=True)
+            (out / f"{stamp}-{label}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {stamp}-{label}.json in {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
 
 

@@ -41,7 +41,13 @@ def create_redis(settings: Settings, role: Role = Role.API) -> redis.Redis:
         options.update(socket_timeout=10, socket_connect_timeout=5)
     else:
         options.update(socket_timeout=5, socket_connect_timeout=2)
-    return redis.Redis.from_url(settings.redis_url, **options)
+    # redis-py 8 caps a plain pool at 100 connections and raises beyond; under gevent an API
+    # process has one request in flight per greenlet (a thousand event streams, a submit flood):
+    # a blocking pool makes the rest wait for a connection instead of failing.
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_max_connections, timeout=5, **options
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def as_text(value: Any) -> str:

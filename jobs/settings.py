@@ -31,6 +31,7 @@ class Settings:
     """Typed configuration; units are in the names."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_max_connections: int = 1000  # per process; a caller beyond it waits (≤ 5 s) for a free one
     api_url: str = "http://127.0.0.1:8000"  # where the `dq` client commands find the API
     key_prefix: str = "dq"
     log_format: str = "text"  # or "json": one JSON object per line (jobs/logs.py)

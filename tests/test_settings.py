@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from dq.procs import Service
 from jobs.settings import Settings, env_name, setting_fields
 
 TABLE = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
@@ -30,3 +31,15 @@ def test_from_env_names_the_bad_variable() -> None:
 
 def test_unset_variables_keep_defaults() -> None:
     assert Settings.from_env({}) == Settings()
+
+
+def test_more_callers_than_redis_connections_wait_instead_of_failing(redis_service: Service) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jobs.connections import create_redis
+
+    client = create_redis(Settings(redis_url=redis_service.url, redis_max_connections=4))
+    with ThreadPoolExecutor(40) as pool:  # each holds its connection for 0.1 s
+        replies = list(pool.map(lambda i: client.blpop([f"nothing-{i}"], timeout=0.1), range(40)))
+    assert replies == [None] * 40
+    assert client.connection_pool.max_connections == 4
