@@ -27,7 +27,7 @@ from jobs.errors import (
     TooManyRequests,
     ValidationFailed,
 )
-from jobs.eta import eta_seconds, read_capacity
+from jobs.eta import eta_seconds
 from jobs.events import Event, event_seq, follow
 from jobs.models import JobRequest, JobStatus
 from jobs.store import CancelOutcome, JobRecord, Owner
@@ -360,7 +360,7 @@ def _eta(record: JobRecord, position: int | None) -> float | None:
     svc = services()
     info = svc.catalog.get(record.model)
     batch = info.batch_size if info is not None and info.static else 1
-    return eta_seconds(position, read_capacity(svc.redis, svc.store.keys, record.model), batch)
+    return eta_seconds(position, svc.capacity.get(record.model), batch)
 
 
 def find_job(job_id: str) -> JobRecord:

@@ -10,6 +10,7 @@ from flask import Flask, current_app
 
 from jobs.capabilities import ModelCatalog
 from jobs.connections import Role, create_redis
+from jobs.eta import CapacityCache
 from jobs.events import EventHub, EventLog
 from jobs.keys import Keys
 from jobs.settings import Settings
@@ -32,6 +33,7 @@ class Services:
     tenants: Tenants
     events: EventLog
     hub: EventHub  # one pub/sub subscription per process, started by the first waiter
+    capacity: CapacityCache  # each model's serving workers and call times, for ETAs (≤ 1 s old)
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> Services:
@@ -56,6 +58,7 @@ class Services:
             tenants=Tenants(client, keys, default_secret=settings.webhook_secret),
             events=EventLog(client, keys),
             hub=EventHub(create_redis(settings, Role.PUBSUB), keys),
+            capacity=CapacityCache(client, keys),
         )
         app.extensions["dq"] = services
         # Closed with the app: when it is garbage-collected, or at interpreter exit (gunicorn's

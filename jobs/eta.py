@@ -20,6 +20,7 @@ service): the estimate is for the queue as it stands.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import redis
@@ -46,6 +47,26 @@ def eta_seconds(jobs_ahead: int, capacity: Capacity, batch: int = 1) -> float | 
     rounds, slot = divmod(jobs_ahead // max(batch, 1), w)
     first_free = (slot + 1) / (w + 1) * g
     return round(first_free + rounds * g + g + capacity.storage_s, 3)
+
+
+class CapacityCache:
+    """Each model's ``Capacity``, read at most every ``ttl_s`` per process: an API answering
+    thousands of submits and status reads a second must not read every worker's heartbeat for
+    each (the figures move with heartbeats and finished calls, i.e. by the second anyway)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: float = 1.0) -> None:
+        self.client = client
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self._read: dict[str, tuple[float, Capacity]] = {}
+
+    def get(self, model: str, now: float | None = None) -> Capacity:
+        now = time.monotonic() if now is None else now
+        hit = self._read.get(model)
+        if hit is None or now - hit[0] > self.ttl_s:
+            hit = (now, read_capacity(self.client, self.keys, model))
+            self._read = {**self._read, model: hit}  # a swap: readers never see a half-written dict
+        return hit[1]
 
 
 def read_capacity(client: redis.Redis, keys: Keys, model: str) -> Capacity:
