@@ -141,6 +141,16 @@ class Stack:
         self.procs.append(proc)
         return proc
 
+    def components(self) -> dict[str, list[Any]]:
+        """This stack's processes by component, for CPU accounting (``cpu_by_component``)."""
+        return {
+            "api": [p for p in self.procs if "gunicorn" in p.args],
+            "workers": [p for p in self.procs if "worker-process" in p.args],
+            "webhooks": [p for p in self.procs if "webhooks" in p.args],
+            "redis": [self.redis_service.proc],
+            "s3": [self.s3.proc],
+        }
+
     def start_api(self, workers: int = 2, app: str = "api:create_app()", **env: str) -> str:
         port = free_port()
         self.spawn("api", api_command(f"127.0.0.1:{port}", workers, app), **env)

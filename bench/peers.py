@@ -143,13 +143,7 @@ async def ours_latency(api: str, key: str, n: int, warmup: int) -> list[float]:
 
 async def ours_throughput(s: Stack, clients: int, duration: float) -> dict[str, Any]:
     receiver = await Receiver().start()
-    groups = {
-        "api": [p for p in s.procs if "gunicorn" in p.args],
-        "workers": [p for p in s.procs if "worker-process" in p.args],
-        "webhooks": [p for p in s.procs if "webhooks" in p.args],
-        "redis": [s.redis_service.proc],
-        "s3": [s.s3.proc],
-    }
+    groups = s.components()
     latencies: list[float] = []
     errors = 0
     try:

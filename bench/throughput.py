@@ -46,13 +46,7 @@ def run(clients: int = 16, seconds: float = 20.0, workers: int = 4, api_workers:
         for _ in range(20):  # warm-up
             receiver.wait_terminal(post_json(s.http(), api + "/v1/jobs", body)["id"])
         threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
-        groups = {
-            "api": [p for p in s.procs if "gunicorn" in p.args],
-            "workers": [p for p in s.procs if "worker-process" in p.args],
-            "webhooks": [p for p in s.procs if "webhooks" in p.args],
-            "redis": [s.redis_service.proc],
-            "s3": [s.s3.proc],
-        }
+        groups = s.components()
         cpu0, own0 = cpu_by_component(groups), cpu_seconds([os.getpid()])
         started = time.perf_counter()
         for t in threads:
